@@ -1,0 +1,199 @@
+"""Every custom command-line option of locust-milvus, in one ``init_command_line_parser`` listener.
+
+Locust turns each option into a ``LOCUST_*`` environment variable, a ``locust.conf`` / ``[tool.locust]`` key
+and a field of the web UI's start form. Options reach workers only when a test starts, so code reads them
+through :func:`settings_from` in ``test_start`` / ``on_start``, never at import or ``init``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from locust import events
+
+# Why these default weights: a RAG service mostly reads. 8 searches to 1 add and 1 delete (both of
+# --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run measures
+# a steady state instead of a growing collection.
+DEFAULT_WEIGHTS = {"add": 1, "search": 8, "delete": 1}
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+
+
+class ConfigError(ValueError):
+    """A bad option value; its message is one line saying what is wrong and how to fix it."""
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value}")
+    return value
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    target = parser.add_argument_group(
+        "locust-milvus: target",
+        "Without --host, a real Milvus standalone is started on loopback for the run and stopped at exit.",
+    )
+    target.add_argument(
+        "--milvus-token", env_var="LOCUST_MILVUS_TOKEN", default="", is_secret=True,
+        help="Milvus token ('user:password' or an API key) for --host. Never logged or shown.",
+    )
+    target.add_argument(
+        "--collection", env_var="LOCUST_COLLECTION", default="locust_milvus",
+        help="Collection the users read and write (default: locust_milvus).",
+    )
+    target.add_argument(
+        "--drop-collection", env_var="LOCUST_DROP_COLLECTION", action="store_true", default=False,
+        help="Drop and recreate --collection before the run. Without it an existing collection is refused, "
+        "so that nothing is written into data that is not the test's.",
+    )
+    target.add_argument(
+        "--consistency-level", env_var="LOCUST_CONSISTENCY_LEVEL", default="Session", choices=CONSISTENCY_LEVELS,
+        help="Milvus consistency level of the collection (default: Session, LangChain's default).",
+    )
+    target.add_argument(
+        "--milvus-timeout", env_var="LOCUST_MILVUS_TIMEOUT", type=_positive_float, default=10.0,
+        help="Deadline in seconds for every Milvus call, pymilvus's retries included (default: 10).",
+    )
+    target.add_argument(
+        "--milvus-retry-rate-limit", env_var="LOCUST_MILVUS_RETRY_RATE_LIMIT", action="store_true", default=False,
+        help="Let pymilvus retry rate-limited calls within --milvus-timeout. Off by default: a rate limit is a "
+        "failure, not hidden latency.",
+    )
+    target.add_argument(
+        "--embedded-data", env_var="LOCUST_EMBEDDED_DATA", default="",
+        help="Data directory of the embedded Milvus, kept after the run. Default: a temporary one, removed.",
+    )
+
+    workload = parser.add_argument_group("locust-milvus: workload")
+    for op, weight in DEFAULT_WEIGHTS.items():
+        workload.add_argument(
+            f"--{op}-weight", env_var=f"LOCUST_{op.upper()}_WEIGHT", type=_non_negative_int, default=weight,
+            help=f"Relative weight of the {op} task (>= 0; default {weight}).",
+        )
+    workload.add_argument(
+        "--batch-size", env_var="LOCUST_BATCH_SIZE", type=_positive_int, default=10,
+        help="Documents per add and ids per delete (default: 10).",
+    )
+    workload.add_argument(
+        "--top-k", env_var="LOCUST_TOP_K", type=_positive_int, default=3,
+        help="k of each similarity search (default: 3, as in the tutorials).",
+    )
+    workload.add_argument(
+        "--prepopulate", env_var="LOCUST_PREPOPULATE", type=_non_negative_int, default=1000,
+        help="Documents inserted before the users start (default: 1000, as in the tutorials).",
+    )
+    workload.add_argument(
+        "--dim", env_var="LOCUST_DIM", type=_positive_int, default=128,
+        help="Embedding dimension of the offline deterministic embedding (default: 128).",
+    )
+    workload.add_argument(
+        "--async-concurrency", env_var="LOCUST_ASYNC_CONCURRENCY", type=_positive_int, default=1,
+        help="Operations each AsyncMilvusUser task keeps in flight with asyncio.gather (default: 1).",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of one run, checked; built from ``environment`` when a test starts."""
+
+    uri: str
+    token: str
+    collection: str
+    drop_collection: bool
+    consistency_level: str
+    timeout: float
+    retry_rate_limit: bool
+    weights: dict[str, int]
+    batch_size: int
+    top_k: int
+    prepopulate: int
+    dim: int
+    async_concurrency: int
+
+    @property
+    def call_kwargs(self) -> dict:
+        """Keyword arguments for every LangChain call: the deadline and pymilvus's retry policy.
+
+        pymilvus retries failed RPCs (and, unless told not to, rate limits) with back-off inside the call;
+        given ``timeout`` it stops retrying when the deadline is spent, so a dead server becomes a failure
+        after at most about --milvus-timeout instead of minutes of hidden latency.
+        """
+        return {"timeout": self.timeout, "retry_on_rate_limit": self.retry_rate_limit}
+
+
+def check_uri(uri: str) -> str:
+    """Return the URI normalised, or raise ConfigError naming the fix."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname:
+        raise ConfigError(
+            f"--host {uri!r} is not a Milvus URI: use http://HOST:19530 or https://HOST:443, "
+            "or leave --host empty to start the embedded Milvus"
+        )
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
+    return uri.rstrip("/")
+
+
+def settings_from(environment) -> Settings:
+    """Read and check the options; raises ConfigError with one clear line."""
+    o = environment.parsed_options
+    host = environment.host or getattr(o, "host", None) or ""
+    if not host:
+        raise ConfigError("no Milvus to target: give --host http://HOST:19530, or run without it on the master")
+    weights = {op: int(getattr(o, f"{op}_weight")) for op in DEFAULT_WEIGHTS}
+    if any(w < 0 for w in weights.values()) or not any(weights.values()):
+        shown = ", ".join(f"--{op}-weight {w}" for op, w in weights.items())
+        raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown}")
+    for name in ("batch_size", "top_k", "dim", "async_concurrency"):
+        if int(getattr(o, name)) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
+    if int(o.prepopulate) < 0:
+        raise ConfigError(f"--prepopulate must be >= 0, got {o.prepopulate}")
+    if float(o.milvus_timeout) <= 0:
+        raise ConfigError(f"--milvus-timeout must be > 0 seconds, got {o.milvus_timeout}")
+    if not o.collection or not str(o.collection).replace("_", "a").isalnum() or str(o.collection)[0].isdigit():
+        raise ConfigError(
+            f"--collection {o.collection!r} is not a valid Milvus collection name: "
+            "use letters, digits and underscores, starting with a letter or underscore"
+        )
+    return Settings(
+        uri=check_uri(host),
+        token=o.milvus_token or "",
+        collection=o.collection,
+        drop_collection=bool(o.drop_collection),
+        consistency_level=o.consistency_level,
+        timeout=float(o.milvus_timeout),
+        retry_rate_limit=bool(o.milvus_retry_rate_limit),
+        weights=weights,
+        batch_size=int(o.batch_size),
+        top_k=int(o.top_k),
+        prepopulate=int(o.prepopulate),
+        dim=int(o.dim),
+        async_concurrency=int(o.async_concurrency),
+    )

@@ -1,0 +1,219 @@
+"""The embedded real Milvus: a Milvus 2.3 standalone from the ``milvus`` PyPI wheel, on loopback.
+
+We use the wheel's config template and binary but start and watch the process ourselves, because the
+wheel's ``MilvusServer`` cannot tell a dead child from a slow one (it waits out its 180 s timeout), leaves
+its child running if the parent is killed, and chdirs the whole process while starting.
+
+Only one embedded 2.3 server can run per host: its embedded etcd peer port (2380) is not configurable, so a
+second one dies at start. We detect that (the child exits before it is healthy) and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded Milvus could not be started (the message says why and where its logs are)."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask Linux to SIGTERM it when our process dies, so that even
+    # a SIGKILLed locust leaves no orphan Milvus behind.
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedMilvus:
+    """Start, health-check and stop one Milvus standalone on loopback.
+
+    ``data_dir=None`` uses a temporary directory that :meth:`stop` removes; a given directory is kept.
+    ``port=None`` picks a free proxy port starting at 19530.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None) -> None:
+        self._keep = data_dir is not None
+        self._data_dir = Path(data_dir) if data_dir else None
+        self._port = port
+        self._proc: subprocess.Popen | None = None
+        self._logs: list = []
+        self.health_port: int | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self._data_dir
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> str:
+        """Start the server and wait until it is healthy; return its URI. On any failure, stop and raise."""
+        try:
+            import milvus
+        except ImportError:
+            raise EmbeddedServerError(
+                "the embedded Milvus needs the 'milvus' wheel (x86_64 Linux/macOS): pip install milvus, "
+                "or give --host http://HOST:19530"
+            ) from None
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="locust-milvus-"))
+        try:
+            self._launch(milvus)
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("embedded Milvus %s ready at %s (pid %s, data %s)", milvus.__version__, self.uri, self.pid,
+                    self._data_dir)
+        return self.uri
+
+    def _launch(self, milvus) -> None:
+        config = milvus.MilvusServerConfig(data_dir=str(self._data_dir))
+        if self._port is not None:
+            config.update(proxy_port=self._port)
+        # Advertise loopback to the server's own components instead of the first non-loopback address.
+        for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
+                          "dataCoord", "dataNode"):
+            config.set(f"{component}.ip", "127.0.0.1")
+        config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
+        self._port = int(config.get("proxy_port"))
+        milvus._initialize_data_files(str(self._data_dir))  # unpacks the binary into data_dir/bin
+        self.health_port = self._free_port(9091)
+        exe = self._data_dir / "bin" / "milvus"
+        env = dict(os.environ)
+        env.update(DEPLOY_MODE="STANDALONE", METRICS_PORT=str(self.health_port),
+                   MILVUS_RUN_DIR=str(self._data_dir / "run"))
+        libpath = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+        env[libpath] = os.pathsep.join(filter(None, [str(exe.parent), env.get(libpath, "")]))
+        logs = self._data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._logs = [open(logs / "milvus-stdout.log", "wb"), open(logs / "milvus-stderr.log", "wb")]
+        self._proc = subprocess.Popen(
+            [str(exe), "run", "standalone"], cwd=str(self._data_dir), env=env,
+            stdout=self._logs[0], stderr=self._logs[1], stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent, start_new_session=True,
+        )
+
+    @staticmethod
+    def _free_port(start: int) -> int:
+        import socket
+
+        for port in range(start, start + 1000):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise EmbeddedServerError(f"no free port in {start}..{start + 999} for the Milvus health endpoint")
+
+    def _wait_healthy(self, timeout: float) -> None:
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise EmbeddedServerError(
+                    f"embedded Milvus exited with code {code} before it was ready (is another embedded Milvus "
+                    f"running on this host? only one can run per host); last output: {self._last_output()!r}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200 and b"OK" in resp.read():
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.25)
+        raise EmbeddedServerError(f"embedded Milvus not healthy after {timeout:.0f} s (logs: {self._data_dir / 'logs'})")
+
+    def _last_output(self) -> str:
+        for f in reversed(self._logs):
+            f.flush()
+            lines = [ln for ln in Path(f.name).read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                return lines[-1][-300:]
+        return ""
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and remove temporary data."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                logger.warning("embedded Milvus did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        for f in self._logs:
+            f.close()
+        self._logs = []
+        if not self._keep and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> EmbeddedMilvus:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(port: int | None, data_dir: str | None) -> int:
+    """``locust-milvus server``: run the embedded Milvus in the foreground until Ctrl-C or SIGTERM."""
+    server = EmbeddedMilvus(data_dir=data_dir, port=port)
+    stopping = []
+
+    def _on_signal(signum, frame):
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        uri = server.start()
+        print(uri, flush=True)
+        while server.running():
+            time.sleep(0.5)
+        if not stopping:
+            print(f"error: embedded Milvus exited unexpectedly (logs: {server.data_dir / 'logs'})", file=sys.stderr)
+            return 1
+    except EmbeddedServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
