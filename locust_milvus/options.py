@@ -51,66 +51,88 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _option(group, *args, is_secret: bool = False, **kwargs):
+    # LocustArgumentParser.add_argument marks options for the web UI (include_in_web_ui, is_secret); an
+    # argument group's add_argument is plain argparse, so we mark its actions the same way here.
+    action = group.add_argument(*args, **kwargs)
+    action.include_in_web_ui = True
+    action.is_secret = is_secret
+    return action
+
+
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
     target = parser.add_argument_group(
         "locust-milvus: target",
         "Without --host, a real Milvus standalone is started on loopback for the run and stopped at exit.",
     )
-    target.add_argument(
+    _option(
+        target,
         "--milvus-token", env_var="LOCUST_MILVUS_TOKEN", default="", is_secret=True,
         help="Milvus token ('user:password' or an API key) for --host. Never logged or shown.",
     )
-    target.add_argument(
+    _option(
+        target,
         "--collection", env_var="LOCUST_COLLECTION", default="locust_milvus",
         help="Collection the users read and write (default: locust_milvus).",
     )
-    target.add_argument(
+    _option(
+        target,
         "--drop-collection", env_var="LOCUST_DROP_COLLECTION", action="store_true", default=False,
         help="Drop and recreate --collection before the run. Without it an existing collection is refused, "
         "so that nothing is written into data that is not the test's.",
     )
-    target.add_argument(
+    _option(
+        target,
         "--consistency-level", env_var="LOCUST_CONSISTENCY_LEVEL", default="Session", choices=CONSISTENCY_LEVELS,
         help="Milvus consistency level of the collection (default: Session, LangChain's default).",
     )
-    target.add_argument(
+    _option(
+        target,
         "--milvus-timeout", env_var="LOCUST_MILVUS_TIMEOUT", type=_positive_float, default=10.0,
         help="Deadline in seconds for every Milvus call, pymilvus's retries included (default: 10).",
     )
-    target.add_argument(
+    _option(
+        target,
         "--milvus-retry-rate-limit", env_var="LOCUST_MILVUS_RETRY_RATE_LIMIT", action="store_true", default=False,
         help="Let pymilvus retry rate-limited calls within --milvus-timeout. Off by default: a rate limit is a "
         "failure, not hidden latency.",
     )
-    target.add_argument(
+    _option(
+        target,
         "--embedded-data", env_var="LOCUST_EMBEDDED_DATA", default="",
         help="Data directory of the embedded Milvus, kept after the run. Default: a temporary one, removed.",
     )
 
     workload = parser.add_argument_group("locust-milvus: workload")
     for op, weight in DEFAULT_WEIGHTS.items():
-        workload.add_argument(
+        _option(
+            workload,
             f"--{op}-weight", env_var=f"LOCUST_{op.upper()}_WEIGHT", type=_non_negative_int, default=weight,
             help=f"Relative weight of the {op} task (>= 0; default {weight}).",
         )
-    workload.add_argument(
+    _option(
+        workload,
         "--batch-size", env_var="LOCUST_BATCH_SIZE", type=_positive_int, default=10,
         help="Documents per add and ids per delete (default: 10).",
     )
-    workload.add_argument(
+    _option(
+        workload,
         "--top-k", env_var="LOCUST_TOP_K", type=_positive_int, default=3,
         help="k of each similarity search (default: 3, as in the tutorials).",
     )
-    workload.add_argument(
+    _option(
+        workload,
         "--prepopulate", env_var="LOCUST_PREPOPULATE", type=_non_negative_int, default=1000,
         help="Documents inserted before the users start (default: 1000, as in the tutorials).",
     )
-    workload.add_argument(
+    _option(
+        workload,
         "--dim", env_var="LOCUST_DIM", type=_positive_int, default=128,
         help="Embedding dimension of the offline deterministic embedding (default: 128).",
     )
-    workload.add_argument(
+    _option(
+        workload,
         "--async-concurrency", env_var="LOCUST_ASYNC_CONCURRENCY", type=_positive_int, default=1,
         help="Operations each AsyncMilvusUser task keeps in flight with asyncio.gather (default: 1).",
     )
@@ -145,6 +167,15 @@ class Settings:
         return {"timeout": self.timeout, "retry_on_rate_limit": self.retry_rate_limit}
 
 
+def _as_int(o, name: str) -> int:
+    # Values typed into the web UI's form may arrive as strings.
+    value = getattr(o, name)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
+
+
 def check_uri(uri: str) -> str:
     """Return the URI normalised, or raise ConfigError naming the fix."""
     parts = urlsplit(uri)
@@ -160,23 +191,27 @@ def check_uri(uri: str) -> str:
     return uri.rstrip("/")
 
 
-def settings_from(environment) -> Settings:
-    """Read and check the options; raises ConfigError with one clear line."""
+def settings_from(environment, host: str | None = None) -> Settings:
+    """Read and check the options (``host`` overrides the environment's); raises ConfigError with one line."""
     o = environment.parsed_options
-    host = environment.host or getattr(o, "host", None) or ""
+    host = host or environment.host or getattr(o, "host", None) or ""
     if not host:
         raise ConfigError("no Milvus to target: give --host http://HOST:19530, or run without it on the master")
-    weights = {op: int(getattr(o, f"{op}_weight")) for op in DEFAULT_WEIGHTS}
+    weights = {op: _as_int(o, f"{op}_weight") for op in DEFAULT_WEIGHTS}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
         shown = ", ".join(f"--{op}-weight {w}" for op, w in weights.items())
         raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown}")
     for name in ("batch_size", "top_k", "dim", "async_concurrency"):
-        if int(getattr(o, name)) < 1:
+        if _as_int(o, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
-    if int(o.prepopulate) < 0:
+    if _as_int(o, "prepopulate") < 0:
         raise ConfigError(f"--prepopulate must be >= 0, got {o.prepopulate}")
-    if float(o.milvus_timeout) <= 0:
-        raise ConfigError(f"--milvus-timeout must be > 0 seconds, got {o.milvus_timeout}")
+    try:
+        timeout = float(o.milvus_timeout)
+    except (TypeError, ValueError):
+        timeout = 0.0
+    if not timeout > 0:
+        raise ConfigError(f"--milvus-timeout must be a number of seconds > 0, got {o.milvus_timeout!r}")
     if not o.collection or not str(o.collection).replace("_", "a").isalnum() or str(o.collection)[0].isdigit():
         raise ConfigError(
             f"--collection {o.collection!r} is not a valid Milvus collection name: "
@@ -188,12 +223,12 @@ def settings_from(environment) -> Settings:
         collection=o.collection,
         drop_collection=bool(o.drop_collection),
         consistency_level=o.consistency_level,
-        timeout=float(o.milvus_timeout),
+        timeout=timeout,
         retry_rate_limit=bool(o.milvus_retry_rate_limit),
         weights=weights,
-        batch_size=int(o.batch_size),
-        top_k=int(o.top_k),
-        prepopulate=int(o.prepopulate),
-        dim=int(o.dim),
-        async_concurrency=int(o.async_concurrency),
+        batch_size=_as_int(o, "batch_size"),
+        top_k=_as_int(o, "top_k"),
+        prepopulate=_as_int(o, "prepopulate"),
+        dim=_as_int(o, "dim"),
+        async_concurrency=_as_int(o, "async_concurrency"),
     )

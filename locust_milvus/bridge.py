@@ -1,0 +1,191 @@
+"""The async bridge: one asyncio event loop per Locust process, in a native thread beside the gevent hub.
+
+A greenlet submits a coroutine with :meth:`AsyncBridge.run` and waits on a gevent ``async_`` watcher that the
+loop thread signals when the coroutine is done: the hub keeps running other users meanwhile, and nothing polls.
+If the waiting greenlet is killed (the user stops), the coroutine is cancelled on the loop.
+
+The traps this module handles (measured in shared/NOTES.md):
+
+1. grpc.aio's completion-queue poller is started with the ``threading`` module (and its wake-up pipe with the
+   ``socket`` module) that ``grpc._cython.cygrpc`` imported. Under monkey-patching that "thread" is a greenlet
+   blocking forever in C and the first async call hangs. We initialise grpc.aio once, on the loop thread, with
+   native replacements swapped into ``cygrpc`` for the duration of that call only (swapping
+   ``threading._start_new_thread`` globally crashes the interpreter).
+2. ``loop.run_in_executor`` (LangChain's default ``aembed_*``, asyncio's ``getaddrinfo``) uses the default
+   executor, whose "threads" are greenlets of a hub that never runs in the loop thread: deadlock (see also
+   gevent issue #2213). The loop gets an executor of native threads.
+3. pymilvus binds an ``AsyncMilvusClient`` connection to the first loop that uses it; every async call goes
+   through this one loop, so it is that loop.
+4. Initialising grpc.aio and then forking (``locust --processes``) aborts the child in gRPC's fork handlers.
+   Nothing here runs at import; the bridge starts lazily in the process that uses it, after the fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import _queue  # the C SimpleQueue: real locks, untouched by gevent's patching
+import _socket  # the C socket type: gevent patches the 'socket' module, not this one
+
+import gevent
+import gevent.hub
+from gevent.monkey import get_original
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+_start_native_thread = get_original("_thread", "start_new_thread")
+_NativeSelector = get_original("selectors", "DefaultSelector")
+_get_native_ident = get_original("_thread", "get_ident")
+
+
+class _NativeThread:
+    """The part of ``threading.Thread`` that grpc.aio's poller uses, backed by a real OS thread."""
+
+    def __init__(self, target: Callable[[], Any], daemon: bool = True, **_: Any) -> None:
+        self._target = target
+
+    def start(self) -> None:
+        _start_native_thread(self._target, ())
+
+
+class NativeThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A default executor whose workers are OS threads (trap 2).
+
+    Subclassing ThreadPoolExecutor only because ``loop.set_default_executor`` insists on one; its own thread
+    management is bypassed because ``threading.Thread`` is a greenlet under monkey-patching.
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="locust-milvus-executor")
+        self._jobs = _queue.SimpleQueue()
+        self._workers = workers
+        for _ in range(workers):
+            _start_native_thread(self._work, ())
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+                future.set_exception(exc)
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in range(self._workers):
+            self._jobs.put(None)
+
+
+class AsyncBridge:
+    """An asyncio loop in a native thread, and a cooperative way for greenlets to run coroutines on it."""
+
+    def __init__(self, executor_workers: int = 4) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.SelectorEventLoop(_NativeSelector())
+        self.loop.set_default_executor(NativeThreadExecutor(executor_workers))
+        self._thread_ident: int | None = None
+        _start_native_thread(self._run_loop, ())
+        self.run(self._init_grpc_aio())
+
+    def _run_loop(self) -> None:
+        self._thread_ident = _get_native_ident()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    @staticmethod
+    async def _init_grpc_aio() -> None:
+        # Trap 1: start grpc.aio's poller as a native thread, bound to this (the running) loop.
+        from grpc._cython import cygrpc
+
+        saved = cygrpc.threading, cygrpc.socket
+        cygrpc.threading = types.SimpleNamespace(Thread=_NativeThread)
+        cygrpc.socket = types.SimpleNamespace(socketpair=_socket.socketpair)
+        try:
+            cygrpc.init_grpc_aio()
+        finally:
+            cygrpc.threading, cygrpc.socket = saved
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the loop; the calling greenlet yields to the hub until it is done.
+
+        Must be called from a greenlet of the hub thread. Raises what the coroutine raised. If the greenlet
+        is killed while waiting, the coroutine is cancelled on the loop before the kill propagates.
+        """
+        if os.getpid() != self.pid:
+            raise RuntimeError("AsyncBridge used in a forked child; call get_bridge() in the child instead")
+        hub = gevent.get_hub()
+        # The watcher is started *before* the coroutine is submitted: libev drops a send() made to a stopped
+        # async watcher, and a started watcher holds a reference that keeps the hub from exiting (LoopExit).
+        watcher = hub.loop.async_()
+        waiter = gevent.hub.Waiter()
+        watcher.start(waiter.switch, None)
+        future = None
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            future.add_done_callback(lambda _f: watcher.send())
+            waiter.get()
+        except BaseException:
+            if future is not None:
+                future.cancel()
+            elif asyncio.iscoroutine(coro):
+                coro.close()
+            raise
+        finally:
+            watcher.stop()
+            watcher.close()
+        return future.result()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop, then stop it."""
+        if self.loop.is_closed():
+            return
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            with gevent.Timeout(timeout):
+                self.run(_cancel_all())
+        except (gevent.Timeout, RuntimeError) as exc:
+            logger.warning("async bridge: pending tasks not cancelled cleanly: %r", exc)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+_bridge: AsyncBridge | None = None
+
+
+def get_bridge() -> AsyncBridge:
+    """The bridge of this process, started on first use (after any fork, so per process)."""
+    global _bridge
+    if _bridge is None or _bridge.pid != os.getpid():
+        _bridge = AsyncBridge()
+    return _bridge
+
+
+def close_bridge() -> None:
+    global _bridge
+    if _bridge is not None and _bridge.pid == os.getpid():
+        _bridge.close()
+    _bridge = None

@@ -1,0 +1,58 @@
+"""Documents shaped like the tutorials' (text plus metadata id, score, category) and the ids a process owns.
+
+Every id this process wrote (added or pre-populated for itself) goes into its :class:`IdLedger`; deletes take
+ids only from there, so a delete never touches another worker's documents or a random id.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections import deque
+
+from langchain_core.documents import Document
+
+# The metadata of one document; the collection's schema is made from it (see store.py).
+SAMPLE_METADATA = {"id": "doc_0", "score": 0.0, "category": "cat_0"}
+
+
+def make_document(n: int, rng: random.Random) -> Document:
+    """Document number ``n``, as the LangChain tutorial's ``generate_test_documents`` makes them."""
+    return Document(
+        page_content=f"This is test document {n} with some random content: {rng.random()}",
+        metadata={"id": f"doc_{n}", "score": rng.random(), "category": f"cat_{n % 5}"},
+    )
+
+
+def query_text(rng: random.Random) -> str:
+    """A search query shaped like the tutorial's (``test document {i % 50}``)."""
+    return f"test document {rng.randrange(50)}"
+
+
+class IdLedger:
+    """Primary keys this process wrote and has not deleted, oldest first; used from the hub thread only."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"p{os.getpid()}-{random.getrandbits(32):08x}"
+        self._counter = itertools.count()
+        self._live: deque[str] = deque()
+
+    def new_batch(self, n: int, rng: random.Random) -> tuple[list[str], list[Document]]:
+        """``n`` fresh documents with ids unique to this process (not owned until :meth:`added`)."""
+        numbers = [next(self._counter) for _ in range(n)]
+        return [f"{self.prefix}-{i}" for i in numbers], [make_document(i, rng) for i in numbers]
+
+    def added(self, ids: list[str]) -> None:
+        self._live.extend(ids)
+
+    def take(self, n: int) -> list[str]:
+        """Remove up to ``n`` of the oldest ids, for a delete; ``[]`` when nothing is owned."""
+        return [self._live.popleft() for _ in range(min(n, len(self._live)))]
+
+    def give_back(self, ids: list[str]) -> None:
+        """A delete failed: its ids may still exist, so they stay owned (and deletable)."""
+        self._live.extendleft(reversed(ids))
+
+    def __len__(self) -> int:
+        return len(self._live)

@@ -1,0 +1,42 @@
+"""Firing Locust request events, in one place: one event per operation, honest timing, normalised failures."""
+
+from __future__ import annotations
+
+import re
+
+SYNC = "langchain-sync"
+ASYNC = "langchain-async"
+
+
+class OperationFailed(Exception):
+    """An operation that returned without raising but did not do its job (e.g. a delete that returned False)."""
+
+
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{12,}\b|\b[0-9a-f]{8}-[0-9a-f-]{27}\b")
+
+
+def normalise(exc: BaseException) -> Exception:
+    """One clear, low-cardinality message per kind of error, so Locust's failure table groups them.
+
+    Addresses and ids are masked and only the first line is kept; the type name stays in front.
+    """
+    if isinstance(exc, OperationFailed):
+        return exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _VOLATILE.sub("<id>", text)[:240]
+    return OperationFailed(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def fire(environment, request_type: str, name: str, elapsed_s: float, length: int, exc: BaseException | None) -> None:
+    """Fire exactly one request event through this environment (never the global ``locust.events``).
+
+    ``elapsed_s`` comes from ``time.perf_counter()`` around the call alone; it is reported as float ms.
+    """
+    environment.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=elapsed_s * 1000.0,
+        response_length=length,
+        exception=None if exc is None else normalise(exc),
+        context={},
+    )

@@ -1,0 +1,122 @@
+"""What happens around a run, per process: Locust event listeners for init, test start/stop and quitting.
+
+- init (every process, after ``--processes`` forks): make sync gRPC cooperative; on the master or a local
+  runner, check the options and start the embedded Milvus when no --host is given.
+- test_start: the master or local runner prepares the collection once (checks, drop, schema, pre-population);
+  every process that runs users opens its store. Options are read here because workers receive them only now.
+- test_stop: log the concurrency evidence (monitor.py). quitting: cancel async work, stop the embedded Milvus.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+import gevent
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
+from locust_milvus.bridge import close_bridge, get_bridge
+from locust_milvus.data import IdLedger
+from locust_milvus.grpc_gevent import make_grpc_cooperative
+from locust_milvus.monitor import monitor
+from locust_milvus.operations import RunState
+from locust_milvus.options import ConfigError, settings_from
+from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
+from locust_milvus.store import open_async_store, open_store, prepare_collection, redact_uri
+
+logger = logging.getLogger("locust_milvus")
+
+_state: RunState | None = None
+_server: EmbeddedMilvus | None = None
+_created: set[tuple[str, str]] = set()  # (uri, collection) this process created, so a restart may replace it
+
+
+def current_state() -> RunState | None:
+    """This process's run state, or None when set-up failed (the users then stop without firing events)."""
+    return _state
+
+
+def _fatal(message: str) -> None:
+    logger.error("locust-milvus: %s", message)
+    raise SystemExit(1)
+
+
+@events.init.add_listener
+def _on_init(environment, runner=None, **_kwargs) -> None:
+    make_grpc_cooperative()
+    if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    try:  # bad options stop here, before any server starts or load begins
+        settings_from(environment, host=environment.host or "http://127.0.0.1:19530")
+    except ConfigError as e:
+        _fatal(str(e))
+    if not environment.host:
+        _start_embedded(environment)
+
+
+def _start_embedded(environment) -> None:
+    global _server
+    data_dir = environment.parsed_options.embedded_data or None
+    _server = EmbeddedMilvus(data_dir=data_dir)
+    atexit.register(_stop_embedded)  # also on an error exit that skips Locust's quitting event
+    try:
+        environment.host = _server.start()
+    except EmbeddedServerError as e:
+        _fatal(str(e))
+    logger.info("locust-milvus: no --host given; using the embedded Milvus at %s", environment.host)
+
+
+def _stop_embedded() -> None:
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
+
+
+def _fail_run(environment, message: str) -> None:
+    logger.error("locust-milvus: %s", message)
+    runner = environment.runner
+    if environment.parsed_options is not None and environment.parsed_options.headless:
+        environment.process_exit_code = 1
+        gevent.spawn(runner.quit)
+    else:
+        gevent.spawn(runner.stop)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kwargs) -> None:
+    global _state
+    _state = None
+    runner = environment.runner
+    try:
+        settings = settings_from(environment)
+        ledger = IdLedger()
+        if not isinstance(runner, WorkerRunner):
+            key = (settings.uri, settings.collection)
+            prepare_collection(settings, ledger, owned_here=key in _created)
+            _created.add(key)
+        if isinstance(runner, MasterRunner):
+            return  # the master runs no users
+        needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
+        astore = get_bridge().run(open_async_store(settings)) if needs_async else None
+        _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore)
+        logger.info("locust-milvus: target %s, collection %r, weights %s", redact_uri(settings.uri),
+                    settings.collection, settings.weights)
+        monitor.start()
+    except ConfigError as e:
+        _fail_run(environment, str(e))
+    except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
+        _fail_run(environment, f"set-up failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment, **_kwargs) -> None:
+    if not isinstance(environment.runner, MasterRunner):
+        monitor.stop()
+
+
+@events.quitting.add_listener
+def _on_quitting(environment, **_kwargs) -> None:
+    close_bridge()
+    _stop_embedded()

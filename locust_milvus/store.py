@@ -1,0 +1,129 @@
+"""Building the LangChain Milvus store of a run: connection, the collection's schema, checks, pre-population."""
+
+from __future__ import annotations
+
+import logging
+import random
+from urllib.parse import urlsplit, urlunsplit
+
+from langchain_milvus import Milvus
+from pymilvus import DataType, MilvusClient
+
+from locust_milvus.data import SAMPLE_METADATA, IdLedger
+from locust_milvus.embeddings import make_embedding
+from locust_milvus.options import ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+PREPOPULATE_BATCH = 1000
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without any user:password part, for logs."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def connection_args(settings: Settings) -> dict:
+    args = {"uri": settings.uri}
+    if settings.token:
+        args["token"] = settings.token
+    return args
+
+
+def open_store(settings: Settings) -> Milvus:
+    """A store the users of this process share (one per process and mode, as an application has one).
+
+    ``store.col`` is read here once so that LangChain caches it: uncached, every search would first make a
+    sync ``has_collection`` call (in the async path, a blocking call on the loop thread).
+    """
+    store = Milvus(
+        embedding_function=make_embedding(settings.dim),
+        collection_name=settings.collection,
+        connection_args=connection_args(settings),
+        consistency_level=settings.consistency_level,
+        auto_id=False,  # explicit string ids: upsert and delete by id work on Milvus 2.3 to 2.6
+        timeout=settings.timeout,
+    )
+    if store.col is None:
+        raise ConfigError(f"collection {settings.collection!r} does not exist on {redact_uri(settings.uri)}")
+    return store
+
+
+async def open_async_store(settings: Settings) -> Milvus:
+    """The store for async calls, built on the bridge's loop (run it with ``get_bridge().run``).
+
+    pymilvus binds an AsyncMilvusClient's connection to the loop of the thread that built the store; one built
+    in the hub thread fails on the loop with "attached to a different loop" (bridge.py, trap 3). The build
+    makes two quick sync calls on the loop thread, once per test, before any load.
+    """
+    return open_store(settings)
+
+
+def _vector_dim(client: MilvusClient, collection: str) -> int | None:
+    for field in client.describe_collection(collection)["fields"]:
+        if field["type"] in (DataType.FLOAT_VECTOR, DataType.FLOAT16_VECTOR, DataType.BFLOAT16_VECTOR):
+            return int(field["params"]["dim"])
+    return None
+
+
+def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = False) -> list[str]:
+    """Check the target and (re)create the collection, then pre-populate it; run once per test.
+
+    ``owned_here``: this process created the collection in an earlier test (a restart from the web UI), so
+    replacing it needs no --drop-collection. Returns the pre-populated ids (also recorded in ``ledger``).
+    Raises ConfigError, with one line naming the fix, before anything is written.
+    """
+    where = redact_uri(settings.uri)
+    try:
+        client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
+        exists = client.has_collection(settings.collection, timeout=settings.timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the target is unusable
+        raise ConfigError(
+            f"cannot reach Milvus at {where} within {settings.timeout:g} s ({type(exc).__name__}): "
+            "check --host and --milvus-token, or leave --host empty to use the embedded Milvus"
+        ) from None
+    try:
+        if exists:
+            dim = _vector_dim(client, settings.collection)
+            if settings.drop_collection or owned_here:
+                client.drop_collection(settings.collection, timeout=settings.timeout)
+            elif dim != settings.dim:
+                raise ConfigError(
+                    f"collection {settings.collection!r} has dim {dim} but --dim is {settings.dim}: "
+                    f"pass --dim {dim}, another --collection, or --drop-collection to replace it"
+                )
+            else:
+                raise ConfigError(
+                    f"collection {settings.collection!r} already exists on {where}: pass --drop-collection to "
+                    "replace it, or another --collection (nothing is written to data that is not the test's)"
+                )
+    finally:
+        client.close()
+
+    store = Milvus(
+        embedding_function=make_embedding(settings.dim),
+        collection_name=settings.collection,
+        connection_args=connection_args(settings),
+        consistency_level=settings.consistency_level,
+        auto_id=False,
+        timeout=settings.timeout,
+    )
+    # LangChain derives the schema from the first insert; _init is the one place that creates it (from one
+    # sample embedding and the tutorials' metadata) without writing a row, so --prepopulate 0 still works.
+    # Its embeddings are field-wise: one list of vectors per vector field.
+    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[SAMPLE_METADATA],
+                timeout=settings.timeout)
+    rng = random.Random(0)
+    written: list[str] = []
+    for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
+        ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng)
+        store.add_documents(docs, ids=ids, **settings.call_kwargs)
+        written.extend(ids)
+    ledger.added(written)
+    logger.info("locust-milvus: collection %r ready on %s (dim %d, %d documents pre-populated)",
+                settings.collection, where, settings.dim, len(written))
+    store.client.close()
+    return written

@@ -1,0 +1,106 @@
+"""The Locust users: SyncMilvusUser (sync LangChain calls) and AsyncMilvusUser (async calls on the bridge).
+
+Each task iteration picks an operation from the table (operations.py) by its weight, times the LangChain
+call alone with ``time.perf_counter()`` and fires one request event per operation (events.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import gevent
+from locust import User, task
+from locust.exception import StopUser
+
+from locust_milvus import lifecycle
+from locust_milvus.bridge import get_bridge
+from locust_milvus.events import ASYNC, SYNC, fire
+from locust_milvus.monitor import monitor
+from locust_milvus.operations import Operation, RunState
+
+# A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
+# spin the CPU while adds catch up. It is not a request and is not timed.
+SKIP_PAUSE_S = 0.005
+
+
+class MilvusUser(User):
+    """Common part of the two users: the run's state and the weighted choice of an operation."""
+
+    abstract = True
+    state: RunState | None = None
+
+    def on_start(self) -> None:
+        self.state = lifecycle.current_state()
+
+    @task
+    def operate(self) -> None:
+        if self.state is None:  # set-up failed; the error was logged once, at test start
+            raise StopUser()
+        self.execute(self.state.pick())
+
+    def execute(self, op: Operation) -> None:
+        raise NotImplementedError
+
+
+class SyncMilvusUser(MilvusUser):
+    """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
+    in flight."""
+
+    def execute(self, op: Operation) -> None:
+        state = self.state
+        kwargs = op.prepare(state)
+        if kwargs is None:
+            gevent.sleep(SKIP_PAUSE_S)
+            return
+        method = getattr(state.store, op.method)
+        result, exc = None, None
+        monitor.enter(SYNC)
+        start = time.perf_counter()
+        try:
+            result = method(**kwargs, **state.settings.call_kwargs)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
+            exc = e
+        finally:
+            elapsed = time.perf_counter() - start
+            monitor.leave(SYNC)
+        length, exc = op.complete(state, kwargs, result, exc)
+        fire(self.environment, SYNC, op.name, elapsed, length, exc)
+
+
+async def _timed(state: RunState, op: Operation, kwargs: dict):
+    """One async call, timed inside the coroutine so the bridge's wake-up is not in the figure."""
+    method = getattr(state.astore, op.async_method)
+    monitor.enter(ASYNC)
+    start = time.perf_counter()
+    try:
+        result = await method(**kwargs, **state.settings.call_kwargs)
+        return result, time.perf_counter() - start, None
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
+        return None, time.perf_counter() - start, e
+    finally:
+        monitor.leave(ASYNC)
+
+
+async def _gather(state: RunState, op: Operation, batch: list[dict]):
+    return await asyncio.gather(*(_timed(state, op, kwargs) for kwargs in batch))
+
+
+class AsyncMilvusUser(MilvusUser):
+    """Calls LangChain's async methods on this process's asyncio loop (bridge.py); each task iteration keeps
+    --async-concurrency operations in flight with ``asyncio.gather``, one request event each."""
+
+    uses_async_bridge = True  # lifecycle builds the process's async store on the bridge for these users
+
+    def execute(self, op: Operation) -> None:
+        state = self.state
+        batch = [kwargs for kwargs in (op.prepare(state) for _ in range(state.settings.async_concurrency)) if kwargs]
+        if not batch:
+            gevent.sleep(SKIP_PAUSE_S)
+            return
+        outcomes = get_bridge().run(_gather(state, op, batch))
+        for kwargs, (result, elapsed, exc) in zip(batch, outcomes):
+            length, exc = op.complete(state, kwargs, result, exc)
+            fire(self.environment, ASYNC, op.name, elapsed, length, exc)
