@@ -4,8 +4,9 @@ We use the wheel's config template and binary but start and watch the process ou
 wheel's ``MilvusServer`` cannot tell a dead child from a slow one (it waits out its 180 s timeout), leaves
 its child running if the parent is killed, and chdirs the whole process while starting.
 
-Only one embedded 2.3 server can run per host: its embedded etcd peer port (2380) is not configurable, so a
-second one dies at start. We detect that (the child exits before it is healthy) and say so.
+The wheel's template pins the embedded etcd's peer port to 2380, so a second server on the host dies at start
+(shared/NOTES.md). We give each server's etcd its own free peer port through etcd.config.path, so several run
+side by side; a failed start (the child exits before it is healthy) is still detected and reported.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 10.0
+# Graceful stop after load took more than 10 s here. A temporary server's data is discarded, so it gets a short
+# grace; a kept data directory gets time to flush.
+STOP_TIMEOUT_S = {"temporary": 3.0, "kept": 30.0}
 
 
 class EmbeddedServerError(RuntimeError):
@@ -108,8 +111,10 @@ class EmbeddedMilvus:
             config.set(f"{component}.ip", "127.0.0.1")
         config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
         self._port = int(config.get("proxy_port"))
+        taken = {int(config.get(k)) for k in config.configurable_items if k.endswith("_port")}
+        self._configure_etcd_peer(int(config.get("etcd_port")), self._free_port(2380, taken))
         milvus._initialize_data_files(str(self._data_dir))  # unpacks the binary into data_dir/bin
-        self.health_port = self._free_port(9091)
+        self.health_port = self._free_port(9091, taken | {self._etcd_peer_port})
         exe = self._data_dir / "bin" / "milvus"
         env = dict(os.environ)
         env.update(DEPLOY_MODE="STANDALONE", METRICS_PORT=str(self.health_port),
@@ -125,11 +130,29 @@ class EmbeddedMilvus:
             preexec_fn=_die_with_parent, start_new_session=True,
         )
 
+    def _configure_etcd_peer(self, client_port: int, peer_port: int) -> None:
+        # The wheel's template leaves the embedded etcd's peer port at its default 2380, so a second server on
+        # the host dies at start. Milvus reads an embedded-etcd config file from etcd.config.path; the
+        # template has no such key, so we add it to the written milvus.yaml with a free peer port.
+        self._etcd_peer_port = peer_port
+        peer = f"http://127.0.0.1:{peer_port}"
+        client = f"http://127.0.0.1:{client_port}"
+        etcd_yaml = self._data_dir / "configs" / "embedEtcd.yaml"
+        etcd_yaml.write_text(
+            f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+            f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\ninitial-cluster: default={peer}\n"
+        )
+        milvus_yaml = self._data_dir / "configs" / "milvus.yaml"
+        text = milvus_yaml.read_text()
+        milvus_yaml.write_text(text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1))
+
     @staticmethod
-    def _free_port(start: int) -> int:
+    def _free_port(start: int, taken: set[int]) -> int:
         import socket
 
         for port in range(start, start + 1000):
+            if port in taken:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
@@ -145,8 +168,8 @@ class EmbeddedMilvus:
             code = self._proc.poll()
             if code is not None:
                 raise EmbeddedServerError(
-                    f"embedded Milvus exited with code {code} before it was ready (is another embedded Milvus "
-                    f"running on this host? only one can run per host); last output: {self._last_output()!r}"
+                    f"embedded Milvus exited with code {code} before it was ready; last output: "
+                    f"{self._last_output()!r} (pass --embedded-data DIR to keep its logs)"
                 )
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
@@ -168,14 +191,16 @@ class EmbeddedMilvus:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and remove temporary data."""
         proc, self._proc = self._proc, None
+        grace = STOP_TIMEOUT_S["kept" if self._keep else "temporary"]
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                logger.warning("embedded Milvus did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
+                if self._keep:
+                    logger.warning("embedded Milvus did not stop in %.0f s; killing it", grace)
                 proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=30)
         for f in self._logs:
             f.close()
         self._logs = []
