@@ -31,12 +31,19 @@ def query_text(rng: random.Random) -> str:
 
 
 class IdLedger:
-    """Primary keys this process wrote and has not deleted, oldest first; used from the hub thread only."""
+    """Primary keys this process wrote and has not deleted, oldest first; used from the hub thread only.
+
+    ``added_total`` and ``taken_total`` count ids in and out; since deletes take the oldest ids first, a search
+    that started when ``added_total`` was ``mark`` is sure to find a document of ours exactly while
+    ``mark > taken_total`` (see :meth:`holds_any_added_before`).
+    """
 
     def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix or f"p{os.getpid()}-{random.getrandbits(32):08x}"
         self._counter = itertools.count()
         self._live: deque[str] = deque()
+        self.added_total = 0
+        self.taken_total = 0
 
     def new_batch(self, n: int, rng: random.Random) -> tuple[list[str], list[Document]]:
         """``n`` fresh documents with ids unique to this process (not owned until :meth:`added`)."""
@@ -45,14 +52,22 @@ class IdLedger:
 
     def added(self, ids: list[str]) -> None:
         self._live.extend(ids)
+        self.added_total += len(ids)
 
     def take(self, n: int) -> list[str]:
         """Remove up to ``n`` of the oldest ids, for a delete; ``[]`` when nothing is owned."""
-        return [self._live.popleft() for _ in range(min(n, len(self._live)))]
+        ids = [self._live.popleft() for _ in range(min(n, len(self._live)))]
+        self.taken_total += len(ids)
+        return ids
 
     def give_back(self, ids: list[str]) -> None:
         """A delete failed: its ids may still exist, so they stay owned (and deletable)."""
         self._live.extendleft(reversed(ids))
+        self.taken_total -= len(ids)
+
+    def holds_any_added_before(self, mark: int) -> bool:
+        """Whether an id added before ``added_total`` was ``mark`` has still not been taken for deletion."""
+        return mark > self.taken_total
 
     def __len__(self) -> int:
         return len(self._live)

@@ -43,7 +43,15 @@ class RunState:
         return self.rng.choices(self._ops, cum_weights=self._cum_weights)[0]
 
 
-def _nothing(state: RunState, kwargs: dict) -> None:
+@dataclass
+class Call:
+    """One prepared call: the LangChain keyword arguments, and what was known when it was prepared."""
+
+    kwargs: dict
+    mark: int = 0  # the ledger's added_total when prepared
+
+
+def _nothing(state: RunState, call: Call) -> None:
     pass
 
 
@@ -51,65 +59,69 @@ def _nothing(state: RunState, kwargs: dict) -> None:
 class Operation:
     name: str  # the Locust request name
     method: str  # the LangChain sync method; the async one is "a" + method
-    prepare: Callable[[RunState], dict | None]  # keyword arguments, or None: nothing to do (task skipped)
-    settle: Callable[[RunState, dict, Any], int]  # judge the result; returns response_length or raises
-    abandon: Callable[[RunState, dict], None] = _nothing  # undo prepare after a failure
+    prepare: Callable[[RunState], Call | None]  # None: nothing to do (the task is skipped, not failed)
+    settle: Callable[[RunState, Call, Any], int]  # judge the result; returns response_length or raises
+    abandon: Callable[[RunState, Call], None] = _nothing  # undo prepare after a failure
 
     @property
     def async_method(self) -> str:
         return "a" + self.method
 
-    def complete(self, state: RunState, kwargs: dict, result: Any, exc: BaseException | None):
+    def complete(self, state: RunState, call: Call, result: Any, exc: BaseException | None):
         """(response_length, exception or None) for one finished call."""
         if exc is None:
             try:
-                return self.settle(state, kwargs, result), None
+                return self.settle(state, call, result), None
             except OperationFailed as failed:
                 exc = failed
-        self.abandon(state, kwargs)
+        self.abandon(state, call)
         return 0, exc
 
 
 # add: add_documents(documents, ids=...) with --batch-size documents shaped like the tutorials'.
-def _add_prepare(state: RunState) -> dict:
+def _add_prepare(state: RunState) -> Call:
     ids, docs = state.ledger.new_batch(state.settings.batch_size, state.rng)
-    return {"documents": docs, "ids": ids}
+    return Call({"documents": docs, "ids": ids})
 
 
-def _add_settle(state: RunState, kwargs: dict, result: list[str]) -> int:
-    if len(result) != len(kwargs["ids"]):
-        raise OperationFailed(f"add_documents returned {len(result)} ids for {len(kwargs['ids'])} documents")
-    state.ledger.added(kwargs["ids"])
+def _add_settle(state: RunState, call: Call, result: list[str]) -> int:
+    ids = call.kwargs["ids"]
+    if len(result) != len(ids):
+        raise OperationFailed(f"add_documents returned {len(result)} ids for {len(ids)} documents")
+    state.ledger.added(ids)
     return len(result)
 
 
 # search: similarity_search(query, k=--top-k).
-def _search_prepare(state: RunState) -> dict:
-    return {"query": query_text(state.rng), "k": state.settings.top_k}
+def _search_prepare(state: RunState) -> Call:
+    return Call({"query": query_text(state.rng), "k": state.settings.top_k}, mark=state.ledger.added_total)
 
 
-def _search_settle(state: RunState, kwargs: dict, result: list) -> int:
-    # The ledger holds only ids whose add completed and whose delete has not started, so while it is not
-    # empty the collection holds at least those documents (read-your-writes at Session consistency or stronger).
-    if not result and len(state.ledger) > 0:
+def _search_settle(state: RunState, call: Call, result: list) -> int:
+    # At Session (or Strong) consistency a search sees every write this process finished before it started.
+    # If one of those documents was still not taken for deletion when the search ended, the collection was
+    # not empty for it, so an empty result is wrong. (Checking the ledger only at the end is racy: an add
+    # that finishes while the search is in flight is not covered by the search's guarantee.)
+    guaranteed = state.settings.consistency_level in ("Strong", "Session")
+    if not result and guaranteed and state.ledger.holds_any_added_before(call.mark):
         raise OperationFailed("similarity_search returned no documents from a collection known to be non-empty")
     return len(result)
 
 
 # delete: delete(ids=...) of up to --batch-size ids this process owns; skipped when it owns none.
-def _delete_prepare(state: RunState) -> dict | None:
+def _delete_prepare(state: RunState) -> Call | None:
     ids = state.ledger.take(state.settings.batch_size)
-    return {"ids": ids} if ids else None
+    return Call({"ids": ids}) if ids else None
 
 
-def _delete_settle(state: RunState, kwargs: dict, result: bool | None) -> int:
+def _delete_settle(state: RunState, call: Call, result: bool | None) -> int:
     if result is False:
         raise OperationFailed("delete returned False (LangChain logged the MilvusException it caught)")
-    return len(kwargs["ids"])
+    return len(call.kwargs["ids"])
 
 
-def _delete_abandon(state: RunState, kwargs: dict) -> None:
-    state.ledger.give_back(kwargs["ids"])
+def _delete_abandon(state: RunState, call: Call) -> None:
+    state.ledger.give_back(call.kwargs["ids"])
 
 
 TABLE: dict[str, Operation] = {

@@ -109,7 +109,10 @@ class EmbeddedMilvus:
         for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
                           "dataCoord", "dataNode"):
             config.set(f"{component}.ip", "127.0.0.1")
-        config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
+        try:
+            config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
+        except RuntimeError as e:  # the wheel's "set proxy_port=P, but bind failed"
+            raise EmbeddedServerError(f"port {self._port} is not free on 127.0.0.1 ({e}): choose another port") from None
         self._port = int(config.get("proxy_port"))
         taken = {int(config.get(k)) for k in config.configurable_items if k.endswith("_port")}
         self._configure_etcd_peer(int(config.get("etcd_port")), self._free_port(2380, taken))
@@ -178,7 +181,10 @@ class EmbeddedMilvus:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.25)
-        raise EmbeddedServerError(f"embedded Milvus not healthy after {timeout:.0f} s (logs: {self._data_dir / 'logs'})")
+        raise EmbeddedServerError(
+            f"embedded Milvus not healthy after {timeout:.0f} s; last output: {self._last_output()!r} "
+            "(pass --embedded-data DIR to keep its logs)"
+        )
 
     def _last_output(self) -> str:
         for f in reversed(self._logs):

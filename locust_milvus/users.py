@@ -17,7 +17,7 @@ from locust_milvus import lifecycle
 from locust_milvus.bridge import get_bridge
 from locust_milvus.events import ASYNC, SYNC, fire
 from locust_milvus.monitor import monitor
-from locust_milvus.operations import Operation, RunState
+from locust_milvus.operations import Call, Operation, RunState
 
 # A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
 # spin the CPU while adds catch up. It is not a request and is not timed.
@@ -49,8 +49,8 @@ class SyncMilvusUser(MilvusUser):
 
     def execute(self, op: Operation) -> None:
         state = self.state
-        kwargs = op.prepare(state)
-        if kwargs is None:
+        call = op.prepare(state)
+        if call is None:
             gevent.sleep(SKIP_PAUSE_S)
             return
         method = getattr(state.store, op.method)
@@ -58,23 +58,23 @@ class SyncMilvusUser(MilvusUser):
         monitor.enter(SYNC)
         start = time.perf_counter()
         try:
-            result = method(**kwargs, **state.settings.call_kwargs)
+            result = method(**call.kwargs, **state.settings.call_kwargs)
         except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
             exc = e
         finally:
             elapsed = time.perf_counter() - start
             monitor.leave(SYNC)
-        length, exc = op.complete(state, kwargs, result, exc)
+        length, exc = op.complete(state, call, result, exc)
         fire(self.environment, SYNC, op.name, elapsed, length, exc)
 
 
-async def _timed(state: RunState, op: Operation, kwargs: dict):
+async def _timed(state: RunState, op: Operation, call: Call):
     """One async call, timed inside the coroutine so the bridge's wake-up is not in the figure."""
     method = getattr(state.astore, op.async_method)
     monitor.enter(ASYNC)
     start = time.perf_counter()
     try:
-        result = await method(**kwargs, **state.settings.call_kwargs)
+        result = await method(**call.kwargs, **state.settings.call_kwargs)
         return result, time.perf_counter() - start, None
     except asyncio.CancelledError:
         raise
@@ -84,8 +84,8 @@ async def _timed(state: RunState, op: Operation, kwargs: dict):
         monitor.leave(ASYNC)
 
 
-async def _gather(state: RunState, op: Operation, batch: list[dict]):
-    return await asyncio.gather(*(_timed(state, op, kwargs) for kwargs in batch))
+async def _gather(state: RunState, op: Operation, batch: list[Call]):
+    return await asyncio.gather(*(_timed(state, op, call) for call in batch))
 
 
 class AsyncMilvusUser(MilvusUser):
@@ -96,11 +96,12 @@ class AsyncMilvusUser(MilvusUser):
 
     def execute(self, op: Operation) -> None:
         state = self.state
-        batch = [kwargs for kwargs in (op.prepare(state) for _ in range(state.settings.async_concurrency)) if kwargs]
+        calls = (op.prepare(state) for _ in range(state.settings.async_concurrency))
+        batch = [call for call in calls if call is not None]
         if not batch:
             gevent.sleep(SKIP_PAUSE_S)
             return
         outcomes = get_bridge().run(_gather(state, op, batch))
-        for kwargs, (result, elapsed, exc) in zip(batch, outcomes):
-            length, exc = op.complete(state, kwargs, result, exc)
+        for call, (result, elapsed, exc) in zip(batch, outcomes):
+            length, exc = op.complete(state, call, result, exc)
             fire(self.environment, ASYNC, op.name, elapsed, length, exc)
