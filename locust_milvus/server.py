@@ -11,7 +11,6 @@ side by side; a failed start (the child exits before it is healthy) is still det
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -36,12 +35,55 @@ class EmbeddedServerError(RuntimeError):
     """The embedded Milvus could not be started (the message says why and where its logs are)."""
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask Linux to SIGTERM it when our process dies, so that even
-    # a SIGKILLed locust leaves no orphan Milvus behind.
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Started with os.posix_spawn, never fork: our process has gRPC threads running, and gRPC's fork handlers abort a
+# forked child before it can exec (seen here as SIGABRT with "epoll_wait error: Bad file descriptor"; the same
+# family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. The child is a tiny Python shim
+# that asks Linux to SIGTERM it when our process dies (so even a SIGKILLed locust leaves no orphan), moves to the
+# data directory, and execs Milvus: both survive exec.
+_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "os.chdir(sys.argv[1])\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class _Child:
+    """The bits of Popen we need, for a pid from posix_spawn (poll, terminate, kill, wait)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
 
 
 class EmbeddedMilvus:
@@ -55,7 +97,7 @@ class EmbeddedMilvus:
         self._keep = data_dir is not None
         self._data_dir = Path(data_dir) if data_dir else None
         self._port = port
-        self._proc: subprocess.Popen | None = None
+        self._proc: _Child | None = None
         self._logs: list = []
         self.health_port: int | None = None
 
@@ -127,11 +169,18 @@ class EmbeddedMilvus:
         logs = self._data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self._logs = [open(logs / "milvus-stdout.log", "wb"), open(logs / "milvus-stderr.log", "wb")]
-        self._proc = subprocess.Popen(
-            [str(exe), "run", "standalone"], cwd=str(self._data_dir), env=env,
-            stdout=self._logs[0], stderr=self._logs[1], stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True,
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-c", _SHIM, str(self._data_dir), str(exe), "run", "standalone"],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, self._logs[0].fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, self._logs[1].fileno(), 2),
+            ],
+            setsid=True,  # Ctrl-C in the terminal reaches locust, which stops the server in order
         )
+        self._proc = _Child(pid)
 
     def _configure_etcd_peer(self, client_port: int, peer_port: int) -> None:
         # The wheel's template leaves the embedded etcd's peer port at its default 2380, so a second server on

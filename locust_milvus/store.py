@@ -15,6 +15,9 @@ from locust_milvus.options import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 PREPOPULATE_BATCH = 1000
+# Creating, indexing, loading and pre-populating a collection are set-up, not measured load; they get at least
+# this deadline even when --milvus-timeout is short (loading took over 2 s on a fresh embedded server).
+SETUP_TIMEOUT_S = 60.0
 
 
 def redact_uri(uri: str) -> str:
@@ -103,24 +106,25 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     finally:
         client.close()
 
+    setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
     store = Milvus(
         embedding_function=make_embedding(settings.dim),
         collection_name=settings.collection,
         connection_args=connection_args(settings),
         consistency_level=settings.consistency_level,
         auto_id=False,
-        timeout=settings.timeout,
+        timeout=setup_timeout,
     )
     # LangChain derives the schema from the first insert; _init is the one place that creates it (from one
     # sample embedding and the tutorials' metadata) without writing a row, so --prepopulate 0 still works.
     # Its embeddings are field-wise: one list of vectors per vector field.
     store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[SAMPLE_METADATA],
-                timeout=settings.timeout)
+                timeout=setup_timeout)
     rng = random.Random(0)
     written: list[str] = []
     for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
         ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng)
-        store.add_documents(docs, ids=ids, **settings.call_kwargs)
+        store.add_documents(docs, ids=ids, timeout=setup_timeout)
         written.extend(ids)
     ledger.added(written)
     logger.info("locust-milvus: collection %r ready on %s (dim %d, %d documents pre-populated)",

@@ -3,7 +3,7 @@
     locust -f locustfiles/langchain_milvus.py --headless -u 20 -r 20 -t 30s            # embedded Milvus
     locust -f locustfiles/langchain_milvus.py --host http://HOST:19530 SyncMilvusUser  # your Milvus
 
-Without a user class name both run, half the users each. Options: ``locust -f ... --help`` or the README.
+Without a user class name both run, half the users each. Every option is listed in the README.
 """
 
 import os

@@ -1,0 +1,73 @@
+"""Fixtures: one real embedded Milvus per test session, real locust processes, run-state helpers."""
+
+from __future__ import annotations
+
+import locust  # noqa: F401,I001  first: Locust monkey-patches the standard library with gevent, as in a real run
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from locust_milvus.options import DEFAULT_WEIGHTS, Settings
+from locust_milvus.server import EmbeddedMilvus
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "locustfiles" / "langchain_milvus.py"
+MONITOR = re.compile(
+    r"locust-milvus monitor: peak_in_flight_sync=(\d+) peak_in_flight_async=(\d+) max_hub_lag_ms=([\d.]+)"
+)
+
+
+@pytest.fixture(scope="session")
+def milvus():
+    """The session's real Milvus standalone (embedded wheel), on loopback."""
+    server = EmbeddedMilvus()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def collection() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def make_settings(uri: str, collection: str, **overrides) -> Settings:
+    values = dict(
+        uri=uri, token="", collection=collection, drop_collection=False, consistency_level="Session",
+        timeout=10.0, retry_rate_limit=False, weights=dict(DEFAULT_WEIGHTS), batch_size=5, top_k=3,
+        prepopulate=50, dim=32, async_concurrency=1,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class LocustResult:
+    returncode: int
+    output: str
+
+    def monitor(self) -> list[tuple[int, int, float]]:
+        """The ``locust-milvus monitor`` figures of each process that ran users."""
+        return [(int(a), int(b), float(c)) for a, b, c in MONITOR.findall(self.output)]
+
+
+def run_locust(*args: str, env: dict | None = None, timeout: float = 180) -> LocustResult:
+    """Run a real ``locust`` process on the main locustfile; returns its exit code and combined output."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return LocustResult(proc.returncode, proc.stdout + proc.stderr)
+
+
+def read_stats_csv(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
+    import csv
+
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        return {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}

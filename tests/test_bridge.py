@@ -1,0 +1,87 @@
+"""The async bridge, in-process under gevent: results, exceptions, cancellation, and a hub that never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import gevent
+import pytest
+
+from locust_milvus.bridge import get_bridge
+
+
+def test_result_comes_back():
+    async def add(a, b):
+        await asyncio.sleep(0.01)
+        return a + b
+
+    assert get_bridge().run(add(2, 3)) == 5
+
+
+def test_exception_propagates_with_its_type():
+    async def boom():
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError, match="missing"):
+        get_bridge().run(boom())
+
+
+def test_killing_the_waiting_greenlet_cancels_the_coroutine():
+    events = []
+
+    async def slow():
+        events.append("started")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    g = gevent.spawn(get_bridge().run, slow())
+    gevent.sleep(0.1)
+    g.kill(block=True, timeout=2)
+    deadline = time.monotonic() + 2
+    while "cancelled" not in events and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert events == ["started", "cancelled"]
+
+
+def test_hub_keeps_running_while_greenlets_wait():
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(time.perf_counter())
+            gevent.sleep(0.01)
+
+    t = gevent.spawn(ticker)
+    waiters = [gevent.spawn(get_bridge().run, asyncio.sleep(0.3)) for _ in range(20)]
+    gevent.joinall(waiters, timeout=5, raise_error=True)
+    t.kill()
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert len(ticks) >= 20, "the hub did not run while 20 greenlets waited on the loop"
+    assert max(gaps) < 0.05, f"hub blocked for {max(gaps) * 1000:.0f} ms"
+
+
+def test_twenty_waits_overlap():
+    start = time.perf_counter()
+    gevent.joinall([gevent.spawn(get_bridge().run, asyncio.sleep(0.2)) for _ in range(20)], raise_error=True)
+    assert time.perf_counter() - start < 2.0  # serialised it would take 4 s
+
+
+def test_run_in_executor_uses_native_threads():
+    # Trap 2: the default executor must not deadlock on greenlet "threads", and its jobs run in parallel.
+    async def four_sleeps():
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.2) for _ in range(4))), 5)
+        return time.perf_counter() - t0, await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 5)
+
+    elapsed, addresses = get_bridge().run(four_sleeps())
+    assert elapsed < 0.7 and addresses
+
+
+def test_no_loop_exit_when_nothing_else_runs():
+    # The waiting greenlet is the only one: a started async watcher must keep the hub from raising LoopExit.
+    assert get_bridge().run(asyncio.sleep(0.05, result="ok")) == "ok"

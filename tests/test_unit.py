@@ -1,0 +1,192 @@
+"""Fast tests with fakes: options, the operations table, events, the id ledger (no server)."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+from langchain_milvus import Milvus
+from locust.env import Environment
+
+from locust_milvus import options
+from locust_milvus.data import IdLedger
+from locust_milvus.events import OperationFailed, fire, normalise
+from locust_milvus.operations import TABLE, RunState
+from locust_milvus.options import ConfigError, settings_from
+
+from .conftest import LOCUSTFILE, ROOT, make_settings
+
+
+def fake_environment(**overrides):
+    parsed = dict(
+        host="http://127.0.0.1:19530", milvus_token="", collection="c", drop_collection=False,
+        consistency_level="Session", milvus_timeout=10.0, milvus_retry_rate_limit=False, add_weight=1,
+        search_weight=8, delete_weight=1, batch_size=10, top_k=3, prepopulate=1000, dim=128, async_concurrency=1,
+    )
+    parsed.update(overrides)
+    return SimpleNamespace(host=None, parsed_options=SimpleNamespace(**parsed))
+
+
+def test_settings_defaults_are_read():
+    s = settings_from(fake_environment())
+    assert s.weights == {"add": 1, "search": 8, "delete": 1}
+    assert s.call_kwargs == {"timeout": 10.0, "retry_on_rate_limit": False}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(add_weight=0, search_weight=0, delete_weight=0), "task weights must be >= 0 with at least one > 0"),
+        (dict(add_weight=-1), "task weights must be >= 0"),
+        (dict(search_weight="lots"), "--search-weight must be a whole number"),
+        (dict(host="localhost:19530"), "is not a Milvus URI"),
+        (dict(host="http://h:99999"), "invalid port"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(milvus_timeout=0), "--milvus-timeout must be a number of seconds > 0"),
+        (dict(collection="1bad-name"), "is not a valid Milvus collection name"),
+    ],
+)
+def test_bad_options_give_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        settings_from(fake_environment(**overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_options_are_env_vars_and_in_the_web_ui(monkeypatch):
+    from locust import argument_parser
+
+    monkeypatch.setenv("LOCUST_ADD_WEIGHT", "7")
+    parser = argument_parser.get_parser(default_config_files=[])
+    parsed = parser.parse_args(["-f", str(LOCUSTFILE)])
+    assert parsed.add_weight == 7
+    in_ui = parser.args_included_in_web_ui
+    for dest in ("add_weight", "search_weight", "delete_weight", "batch_size", "top_k", "prepopulate", "dim",
+                 "async_concurrency", "milvus_timeout", "collection", "milvus_token"):
+        assert dest in in_ui, dest
+    assert set(parser.secret_args_included_in_web_ui) == {"milvus_token"}
+
+
+def test_every_option_is_documented_in_the_readme():
+    # Locust's --help does not load the locustfile, so the README is where users read about these options.
+    from locust import argument_parser
+
+    parser = argument_parser.get_parser(default_config_files=[])
+    ours = [a for a in parser._actions if any(g.title.startswith("locust-milvus") for g in parser._action_groups
+                                              if a in g._group_actions)]
+    assert len(ours) >= 15
+    readme = (ROOT / "README.md").read_text()
+    for action in ours:
+        flag = action.option_strings[0]
+        assert f"`{flag}" in readme, f"{flag} is not documented in README.md"
+        assert action.env_var in readme, f"{action.env_var} is not documented in README.md"
+
+
+def test_every_table_entry_is_a_langchain_sync_async_pair():
+    assert set(TABLE) == set(options.DEFAULT_WEIGHTS)
+    for op in TABLE.values():
+        assert callable(getattr(Milvus, op.method)), op.method
+        assert callable(getattr(Milvus, op.async_method)), op.async_method
+
+
+class FakeStore:
+    """Answers each LangChain method with a scripted value."""
+
+    def __init__(self, **answers):
+        self.answers = answers
+        self.calls = []
+
+    def __getattr__(self, name):
+        def method(**kwargs):
+            self.calls.append((name, kwargs))
+            return self.answers[name]
+
+        return method
+
+
+def state_with(store, **overrides) -> RunState:
+    return RunState(settings=make_settings("http://127.0.0.1:1", "c", **overrides), store=store,
+                    ledger=IdLedger("t"), rng=random.Random(1))
+
+
+def test_add_then_delete_only_own_ids():
+    state = state_with(FakeStore())
+    add, delete = TABLE["add"], TABLE["delete"]
+    call = add.prepare(state)
+    assert add.complete(state, call, call.kwargs["ids"], None) == (5, None)
+    delete_call = delete.prepare(state)
+    assert delete_call.kwargs["ids"] == call.kwargs["ids"]  # the oldest ids this process wrote, never others
+    assert delete.complete(state, delete_call, True, None) == (5, None)
+    assert delete.prepare(state) is None  # nothing owned: skipped, not failed
+
+
+def test_delete_returning_false_is_a_failure_and_keeps_the_ids():
+    state = state_with(FakeStore())
+    state.ledger.added(["a", "b"])
+    call = TABLE["delete"].prepare(state)
+    length, exc = TABLE["delete"].complete(state, call, False, None)
+    assert length == 0 and isinstance(exc, OperationFailed) and "delete returned False" in str(exc)
+    assert len(state.ledger) == 2  # still owned, so a later delete retries them
+
+
+def test_add_with_missing_ids_is_a_failure():
+    state = state_with(FakeStore())
+    call = TABLE["add"].prepare(state)
+    length, exc = TABLE["add"].complete(state, call, call.kwargs["ids"][:2], None)
+    assert isinstance(exc, OperationFailed) and len(state.ledger) == 0
+
+
+def test_empty_search_fails_only_when_the_search_was_sure_to_find_something():
+    search = TABLE["search"]
+    state = state_with(FakeStore())
+    early = search.prepare(state)  # started before any add of ours finished: no guarantee
+    state.ledger.added(["a"])
+    late = search.prepare(state)
+    assert search.complete(state, early, [], None) == (0, None)
+    length, exc = search.complete(state, late, [], None)
+    assert isinstance(exc, OperationFailed) and "known to be non-empty" in str(exc)
+    state.ledger.take(1)  # our only document is being deleted: an empty result is possible again
+    assert search.complete(state, late, [], None) == (0, None)
+    eventually = state_with(FakeStore(), consistency_level="Eventually")
+    eventually.ledger.added(["a"])
+    assert search.complete(eventually, search.prepare(eventually), [], None) == (0, None)
+
+
+def test_zero_weight_operations_are_never_picked():
+    state = state_with(FakeStore(), weights={"add": 0, "search": 3, "delete": 1})
+    picks = {state.pick().name for _ in range(2000)}
+    assert picks == {"search", "delete"}
+
+
+def test_ledger_arithmetic():
+    ledger = IdLedger("x")
+    ids, docs = ledger.new_batch(3, random.Random(0))
+    assert ids == ["x-0", "x-1", "x-2"] and [d.metadata["id"] for d in docs] == ["doc_0", "doc_1", "doc_2"]
+    assert set(docs[0].metadata) == {"id", "score", "category"}
+    ledger.added(ids)
+    mark = ledger.added_total
+    taken = ledger.take(2)
+    assert taken == ["x-0", "x-1"] and ledger.holds_any_added_before(mark)
+    ledger.take(5)
+    assert not ledger.holds_any_added_before(mark)
+    ledger.give_back(["x-2"])
+    assert ledger.holds_any_added_before(mark) and len(ledger) == 1
+
+
+def test_fire_sends_one_event_with_float_ms_through_the_environment():
+    env = Environment()
+    seen = []
+    env.events.request.add_listener(lambda **kw: seen.append(kw))
+    fire(env, "langchain-sync", "search", 0.0012345, 3, None)
+    fire(env, "langchain-async", "delete", 0.5, 0, ValueError("boom"))
+    assert len(seen) == 2
+    assert seen[0]["response_time"] == pytest.approx(1.2345) and isinstance(seen[0]["response_time"], float)
+    assert seen[0]["exception"] is None and seen[0]["response_length"] == 3
+    assert isinstance(seen[1]["exception"], OperationFailed) and str(seen[1]["exception"]) == "ValueError: boom"
+
+
+def test_normalise_masks_ids_and_keeps_one_line():
+    exc = normalise(RuntimeError("Task <Task at 0x7f3a2b1c0d00> failed for 470611779738402831abcdef\nmore"))
+    assert str(exc) == "RuntimeError: Task <Task at <id>> failed for 470611779738402831abcdef"[:0] + str(exc)
+    assert "0x7f3a2b1c0d00" not in str(exc) and "\n" not in str(exc)
