@@ -27,6 +27,7 @@ class Monitor:
         self.max_hub_lag_s = 0.0
         self._ticker: gevent.Greenlet | None = None
         self._runner = None
+        self._cpu_start = 0.0
 
     # enter/leave are called from the hub thread for sync calls and from the loop thread for async ones;
     # each mode's counter is written by one thread only.
@@ -43,6 +44,7 @@ class Monitor:
         self._runner = runner
         self.peak = {SYNC: 0, ASYNC: 0}
         self.max_hub_lag_s = 0.0
+        self._cpu_start = time.process_time()
         if self._ticker is None or self._ticker.dead:
             self._ticker = gevent.spawn(self._tick)
 
@@ -58,9 +60,10 @@ class Monitor:
         if self._ticker is not None:
             self._ticker.kill(block=False)
             self._ticker = None
+        # process_time covers every thread of the process: the hub, the asyncio loop and gRPC's own threads.
         logger.info(
-            "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f",
-            self.peak[SYNC], self.peak[ASYNC], self.max_hub_lag_s * 1000,
+            "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f cpu_s=%.3f",
+            self.peak[SYNC], self.peak[ASYNC], self.max_hub_lag_s * 1000, time.process_time() - self._cpu_start,
         )
 
 

@@ -1,0 +1,172 @@
+"""Real ``locust`` processes on the main locustfile: headless runs, concurrency evidence, the embedded default,
+Ctrl-C and SIGKILL, bad input, and ``--processes``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import LOCUSTFILE, ROOT, read_stats_csv, run_locust
+
+pytestmark = pytest.mark.locust
+EMBEDDED = re.compile(r"embedded Milvus [\d.]+ ready at (\S+) \(pid (\d+), data (\S+)\)")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def headless(milvus, collection, tmp_path, *extra, users=20, seconds=8, env=None):
+    return run_locust("--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", milvus.uri,
+                      "--collection", collection, "--prepopulate", "200", "--csv", str(tmp_path / "run"), *extra,
+                      env=env)
+
+
+@pytest.mark.parametrize("user_class, request_type, mode", [("SyncMilvusUser", "langchain-sync", 0),
+                                                            ("AsyncMilvusUser", "langchain-async", 1)])
+def test_headless_run_is_correct_and_truly_concurrent(milvus, collection, tmp_path, user_class, request_type, mode):
+    result = headless(milvus, collection, tmp_path, user_class)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output
+    stats = read_stats_csv(tmp_path / "run")
+    for name in ("add", "search", "delete"):
+        row = stats[(request_type, name)]
+        assert int(row["Request Count"]) > 0, name
+        assert int(row["Failure Count"]) == 0, name
+    assert {t for t, _ in stats} <= {request_type, ""}  # only this mode ran ("" is the Aggregated row)
+    [figures] = result.monitor()
+    peak, hub_lag_ms = figures[mode], figures[2]
+    assert peak >= 10, f"only {peak} calls in flight with 20 users"
+    assert hub_lag_ms <= 50, f"gevent hub blocked for {hub_lag_ms} ms"
+
+
+def test_blocking_grpc_is_caught_by_the_concurrency_check(milvus, collection, tmp_path):
+    # Without init_gevent every sync call blocks the process: Locust still reports requests, but one at a time.
+    result = headless(milvus, collection, tmp_path, "SyncMilvusUser", "--add-weight", "0", "--delete-weight", "0",
+                      env={"LOCUST_MILVUS_UNSAFE_BLOCKING_GRPC": "1"})
+    assert result.returncode == 0, result.output[-3000:]
+    assert int(read_stats_csv(tmp_path / "run")[("langchain-sync", "search")]["Request Count"]) > 0
+    [(peak_sync, _, _)] = result.monitor()
+    assert peak_sync == 1  # the check in the test above (>= 10) fails when gRPC is not cooperative
+
+
+def test_async_concurrency_keeps_n_operations_in_flight(milvus, collection, tmp_path):
+    result = headless(milvus, collection, tmp_path, "AsyncMilvusUser", "--async-concurrency", "10",
+                      "--add-weight", "0", "--delete-weight", "0", users=2, seconds=5)
+    assert result.returncode == 0, result.output[-3000:]
+    [(_, peak_async, _)] = result.monitor()
+    assert peak_async >= 10  # 2 users, 10 gathered operations each
+
+
+def test_processes_fork_after_import(milvus, collection, tmp_path):
+    # --processes forks after the locustfile is imported: nothing gRPC- or thread-shaped may exist by then.
+    result = headless(milvus, collection, tmp_path, "--processes", "2", seconds=8)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output and "SIGABRT" not in result.output
+    stats = read_stats_csv(tmp_path / "run")
+    for key in (("langchain-sync", "search"), ("langchain-async", "search")):
+        assert int(stats[key]["Request Count"]) > 0 and int(stats[key]["Failure Count"]) == 0
+    assert len(result.monitor()) == 2  # both worker processes ran users
+
+
+def test_embedded_default_run_writes_its_report_and_cleans_up(tmp_path):
+    report = tmp_path / "report.html"
+    result = run_locust("--headless", "-u", "4", "-r", "4", "-t", "5s", "--html", str(report))
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output
+    uri, pid, data = EMBEDDED.search(result.output).groups()
+    assert uri.startswith("http://127.0.0.1:")
+    assert report.exists() and "langchain-sync" in report.read_text()
+    assert not alive(int(pid)) and not Path(data).exists()
+
+
+def _start_embedded_run(tmp_path):
+    log = open(tmp_path / "locust.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "4", "-r",
+                             "4", "-t", "120s"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = (tmp_path / "locust.log").read_text()
+        if "All users spawned" in text:
+            _, pid, data = EMBEDDED.search(text).groups()
+            return proc, int(pid), data
+        assert proc.poll() is None, text[-3000:]
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("locust did not start")
+
+
+def test_ctrl_c_stops_the_embedded_server(tmp_path):
+    proc, pid, data = _start_embedded_run(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) is not None
+    assert not alive(pid) and not Path(data).exists()
+
+
+def test_sigkill_of_locust_leaves_no_orphan_server(tmp_path):
+    proc, pid, data = _start_embedded_run(tmp_path)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pid)  # the parent-death signal stopped it (its temporary data cannot be removed then)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--add-weight", "0", "--search-weight", "0", "--delete-weight", "0"], "task weights must be >= 0"),
+        (["--host", "localhost:19530"], "is not a Milvus URI"),
+        (["--host", "http://127.0.0.1:1", "--milvus-timeout", "2"], "cannot reach Milvus at http://127.0.0.1:1"),
+        (["--batch-size", "0"], "expected a whole number >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit_before_load(tmp_path, args, message):
+    result = run_locust("--headless", "-u", "2", "-r", "2", "-t", "5s", "--csv", str(tmp_path / "run"), *args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if message in line]
+    assert len(lines) == 1, result.output[-3000:]
+    if (tmp_path / "run_stats.csv").exists():
+        assert all(int(row["Request Count"]) == 0 for row in read_stats_csv(tmp_path / "run").values())
+
+
+def test_existing_collection_and_dim_mismatch_are_refused(milvus, collection, tmp_path):
+    first = headless(milvus, collection, tmp_path, "SyncMilvusUser", seconds=2, users=2)
+    assert first.returncode == 0, first.output[-3000:]
+    again = run_locust("--headless", "-u", "2", "-r", "2", "-t", "3s", "--host", milvus.uri, "--collection",
+                       collection)
+    assert again.returncode == 1 and "already exists" in again.output and "Traceback" not in again.output
+    other_dim = run_locust("--headless", "-u", "2", "-r", "2", "-t", "3s", "--host", milvus.uri, "--collection",
+                           collection, "--dim", "64")
+    assert other_dim.returncode == 1 and "has dim 128 but --dim is 64" in other_dim.output
+
+
+def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
+    proc = subprocess.Popen([sys.executable, "-m", "locust_milvus.cli", "server"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        uri = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", uri), uri
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=uri)
+        assert client.list_collections() == []
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
