@@ -3,11 +3,11 @@
     LOCUST_BENCH_COLLECTION=bench locust -f bench/contrib_milvus_locustfile.py --host http://127.0.0.1:19530
 """
 
-import os
-import random
-
 from locust import events, task
 from locust.contrib.milvus import MilvusUser
+
+import os
+import random
 
 from locust_milvus.data import query_text
 from locust_milvus.embeddings import make_embedding

@@ -22,6 +22,8 @@ The traps this module handles (measured in shared/NOTES.md):
 
 from __future__ import annotations
 
+import _queue  # the C SimpleQueue: real locks, untouched by gevent's patching
+import _socket  # the C socket type: gevent patches the 'socket' module, not this one
 import asyncio
 import concurrent.futures
 import logging
@@ -29,9 +31,6 @@ import os
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-import _queue  # the C SimpleQueue: real locks, untouched by gevent's patching
-import _socket  # the C socket type: gevent patches the 'socket' module, not this one
 
 import gevent
 import gevent.hub

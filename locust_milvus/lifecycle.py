@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
 import atexit
 import gc
 import logging
 
 import gevent
-from locust import events
-from locust.runners import MasterRunner, WorkerRunner
 
 from locust_milvus.bridge import close_bridge, get_bridge
 from locust_milvus.data import IdLedger

@@ -8,11 +8,12 @@ running: killing users that are mid-call at shutdown blocks the hub briefly, but
 
 from __future__ import annotations
 
+from locust.runners import STATE_RUNNING, STATE_SPAWNING
+
 import logging
 import time
 
 import gevent
-from locust.runners import STATE_RUNNING, STATE_SPAWNING
 
 from locust_milvus.events import ASYNC, SYNC
 

@@ -7,11 +7,11 @@ through :func:`settings_from` in ``test_start`` / ``on_start``, never at import 
 
 from __future__ import annotations
 
+from locust import events
+
 import argparse
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from locust import events
 
 # Why these default weights: a RAG service mostly reads. 8 searches to 1 add and 1 delete (both of
 # --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run measures
@@ -185,7 +185,7 @@ def check_uri(uri: str) -> str:
             "or leave --host empty to start the embedded Milvus"
         )
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses the port lazily; a bad one raises here
     except ValueError:
         raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
     return uri.rstrip("/")

@@ -154,7 +154,9 @@ class EmbeddedMilvus:
         try:
             config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
         except RuntimeError as e:  # the wheel's "set proxy_port=P, but bind failed"
-            raise EmbeddedServerError(f"port {self._port} is not free on 127.0.0.1 ({e}): choose another port") from None
+            raise EmbeddedServerError(
+                f"port {self._port} is not free on 127.0.0.1 ({e}): choose another port"
+            ) from None
         self._port = int(config.get("proxy_port"))
         taken = {int(config.get(k)) for k in config.configurable_items if k.endswith("_port")}
         self._configure_etcd_peer(int(config.get("etcd_port")), self._free_port(2380, taken))

@@ -6,12 +6,13 @@ call alone with ``time.perf_counter()`` and fires one request event per operatio
 
 from __future__ import annotations
 
+from locust import User, task
+from locust.exception import StopUser
+
 import asyncio
 import time
 
 import gevent
-from locust import User, task
-from locust.exception import StopUser
 
 from locust_milvus import lifecycle
 from locust_milvus.bridge import get_bridge
@@ -102,6 +103,6 @@ class AsyncMilvusUser(MilvusUser):
             gevent.sleep(SKIP_PAUSE_S)
             return
         outcomes = get_bridge().run(_gather(state, op, batch))
-        for call, (result, elapsed, exc) in zip(batch, outcomes):
+        for call, (result, elapsed, exc) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
             fire(self.environment, ASYNC, op.name, elapsed, length, exc)

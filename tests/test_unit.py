@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from locust.env import Environment
+
 import random
 from types import SimpleNamespace
 
 import pytest
 from langchain_milvus import Milvus
-from locust.env import Environment
 
 from locust_milvus import options
 from locust_milvus.data import IdLedger

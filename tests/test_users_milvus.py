@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from locust.env import Environment
+
 import os
 import signal
 import time
 
 import pytest
-from locust.env import Environment
 from pymilvus import MilvusClient
 
 from locust_milvus.bridge import get_bridge
