@@ -51,12 +51,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _option(group, *args, is_secret: bool = False, **kwargs):
-    # LocustArgumentParser.add_argument marks options for the web UI (include_in_web_ui, is_secret); an
-    # argument group's add_argument is plain argparse, so we mark its actions the same way here.
+def _option(group, *args, in_web_ui: bool = True, **kwargs):
+    # LocustArgumentParser.add_argument marks options for the web UI (include_in_web_ui); an argument group's
+    # add_argument is plain argparse, so we mark its actions the same way here.
     action = group.add_argument(*args, **kwargs)
-    action.include_in_web_ui = True
-    action.is_secret = is_secret
+    action.include_in_web_ui = in_web_ui
+    action.is_secret = False
     return action
 
 
@@ -68,8 +68,9 @@ def add_arguments(parser) -> None:
     )
     _option(
         target,
-        "--milvus-token", env_var="LOCUST_MILVUS_TOKEN", default="", is_secret=True,
-        help="Milvus token ('user:password' or an API key) for --host. Never logged or shown.",
+        # Not in the web UI: Locust's is_secret masks the field but still sends its value to the browser.
+        "--milvus-token", env_var="LOCUST_MILVUS_TOKEN", default="", in_web_ui=False,
+        help="Milvus token ('user:password' or an API key) for --host. Never logged or shown, not in the web UI.",
     )
     _option(
         target,

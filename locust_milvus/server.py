@@ -38,12 +38,13 @@ class EmbeddedServerError(RuntimeError):
 # Started with os.posix_spawn, never fork: our process has gRPC threads running, and gRPC's fork handlers abort a
 # forked child before it can exec (seen here as SIGABRT with "epoll_wait error: Bad file descriptor"; the same
 # family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. The child is a tiny Python shim
-# that asks Linux to SIGTERM it when our process dies (so even a SIGKILLed locust leaves no orphan), moves to the
-# data directory, and execs Milvus: both survive exec.
+# that asks Linux to SIGKILL it when our process dies, so even a SIGKILLed locust leaves no orphan (SIGKILL: a
+# graceful stop after load can take over 30 s, and an orphan's data is lost anyway); then it moves to the data
+# directory and execs Milvus. Both the signal setting and the directory survive exec.
 _SHIM = (
     "import ctypes, os, signal, sys\n"
     "if sys.platform.startswith('linux'):\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
     "os.chdir(sys.argv[1])\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )

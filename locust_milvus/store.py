@@ -36,20 +36,24 @@ def connection_args(settings: Settings) -> dict:
     return args
 
 
+def _milvus(settings: Settings, timeout: float) -> Milvus:
+    return Milvus(
+        embedding_function=make_embedding(settings.dim),
+        collection_name=settings.collection,
+        connection_args=connection_args(settings),
+        consistency_level=settings.consistency_level,
+        auto_id=False,  # explicit string ids: upsert and delete by id work on Milvus 2.3 to 2.6
+        timeout=timeout,  # LangChain prefers this to a per-call timeout
+    )
+
+
 def open_store(settings: Settings) -> Milvus:
     """A store the users of this process share (one per process and mode, as an application has one).
 
     ``store.col`` is read here once so that LangChain caches it: uncached, every search would first make a
     sync ``has_collection`` call (in the async path, a blocking call on the loop thread).
     """
-    store = Milvus(
-        embedding_function=make_embedding(settings.dim),
-        collection_name=settings.collection,
-        connection_args=connection_args(settings),
-        consistency_level=settings.consistency_level,
-        auto_id=False,  # explicit string ids: upsert and delete by id work on Milvus 2.3 to 2.6
-        timeout=settings.timeout,
-    )
+    store = _milvus(settings, settings.timeout)
     if store.col is None:
         raise ConfigError(f"collection {settings.collection!r} does not exist on {redact_uri(settings.uri)}")
     return store
@@ -107,14 +111,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         client.close()
 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
-    store = Milvus(
-        embedding_function=make_embedding(settings.dim),
-        collection_name=settings.collection,
-        connection_args=connection_args(settings),
-        consistency_level=settings.consistency_level,
-        auto_id=False,
-        timeout=setup_timeout,
-    )
+    store = _milvus(settings, setup_timeout)
     # LangChain derives the schema from the first insert; _init is the one place that creates it (from one
     # sample embedding and the tutorials' metadata) without writing a row, so --prepopulate 0 still works.
     # Its embeddings are field-wise: one list of vectors per vector field.

@@ -1,0 +1,80 @@
+"""The Locust web UI: our options are in the start form, values typed there take effect, and a test can be
+stopped and started again in the same process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from .conftest import LOCUSTFILE, ROOT
+
+pytestmark = pytest.mark.locust
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def post(url: str, form: dict) -> dict:
+    data = urllib.parse.urlencode(form).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def request_counts(base: str) -> dict[str, tuple[int, int]]:
+    stats = json.loads(get(f"{base}/stats/requests"))["stats"]
+    return {s["name"]: (s["num_requests"], s["num_failures"]) for s in stats if s["name"] != "Aggregated"}
+
+
+def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "locust.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-host", "127.0.0.1",
+                             "--web-port", str(port), "--host", milvus.uri, "--collection", collection,
+                             "--prepopulate", "100", "--milvus-token", "s3cret-token"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = get(base + "/")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
+                time.sleep(0.5)
+        for dest in ("add_weight", "search_weight", "delete_weight", "async_concurrency", "milvus_timeout"):
+            assert dest in page, dest
+        assert "s3cret-token" not in page and "milvus_token" not in page  # the token never reaches the browser
+
+        form = {"user_count": 4, "spawn_rate": 4, "host": milvus.uri, "add_weight": 0, "delete_weight": 0,
+                "search_weight": 1}
+        for attempt in ("first", "restart"):
+            assert post(f"{base}/swarm", form)["success"], attempt
+            time.sleep(4)
+            counts = request_counts(base)
+            assert set(counts) == {"search"}, (attempt, counts)  # the weights typed in the form took effect
+            assert counts["search"][0] > 0 and counts["search"][1] == 0, (attempt, counts)
+            post(f"{base}/stop", {})
+            time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    output = (tmp_path / "locust.log").read_text()
+    assert "Traceback" not in output and "already exists" not in output
+    assert "s3cret-token" not in output
