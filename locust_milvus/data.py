@@ -25,9 +25,13 @@ def make_document(n: int, rng: random.Random) -> Document:
     )
 
 
+# The tutorial's search queries: ``f"test document {i % 50}"``.
+TUTORIAL_QUERIES = tuple(f"test document {i}" for i in range(50))
+
+
 def query_text(rng: random.Random) -> str:
-    """A search query shaped like the tutorial's (``test document {i % 50}``)."""
-    return f"test document {rng.randrange(50)}"
+    """A search query shaped like the tutorial's."""
+    return rng.choice(TUTORIAL_QUERIES)
 
 
 class IdLedger:

@@ -23,8 +23,9 @@ from locust_milvus.data import IdLedger
 from locust_milvus.grpc_gevent import make_grpc_cooperative
 from locust_milvus.monitor import monitor
 from locust_milvus.operations import RunState
-from locust_milvus.options import ConfigError, settings_from
+from locust_milvus.options import settings_from
 from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
+from locust_milvus.settings import ConfigError
 from locust_milvus.store import open_async_store, open_store, prepare_collection, redact_uri
 
 logger = logging.getLogger("locust_milvus")

@@ -2,11 +2,13 @@
 
 LangChain's sync and async methods are pairs with the same signature (``add_documents`` / ``aadd_documents``),
 so an entry names the sync method, how to build its arguments from the run's state, and how to judge its
-result. users.py calls ``method`` or ``"a" + method`` with those arguments and times the call alone.
+result. users.py calls ``method`` or ``"a" + method`` with those arguments and times the call alone; every
+entry is a task with its own ``--<name>-weight`` option (options.py reads this table).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +16,11 @@ from typing import Any
 
 from langchain_milvus import Milvus
 
-from locust_milvus.data import IdLedger, query_text
+from locust_milvus.data import TUTORIAL_QUERIES, IdLedger, make_document, query_text
 from locust_milvus.events import OperationFailed
-from locust_milvus.options import Settings
+from locust_milvus.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +29,7 @@ class RunState:
 
     ``store`` serves sync calls; ``astore`` (None when no async user runs) serves async calls and was built on
     the bridge's loop, because pymilvus binds an async connection to the loop of the thread that made it.
+    ``query_vectors`` are the tutorial's 50 queries embedded once, for the ``*_by_vector`` tasks.
     """
 
     settings: Settings
@@ -32,15 +37,21 @@ class RunState:
     ledger: IdLedger
     astore: Milvus | None = None
     rng: random.Random = field(default_factory=random.Random)
+    query_vectors: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         chosen = [(TABLE[name], w) for name, w in self.settings.weights.items() if w > 0]
         self._ops = [op for op, _ in chosen]
         self._cum_weights = [sum(w for _, w in chosen[: i + 1]) for i in range(len(chosen))]
+        if not self.query_vectors:
+            self.query_vectors = self.store.embeddings.embed_documents(list(TUTORIAL_QUERIES))
 
     def pick(self) -> Operation:
-        """An operation chosen by its --<op>-weight."""
+        """An operation chosen by its --<name>-weight."""
         return self.rng.choices(self._ops, cum_weights=self._cum_weights)[0]
+
+    def query_vector(self) -> list[float]:
+        return self.rng.choice(self.query_vectors)
 
 
 @dataclass
@@ -48,7 +59,7 @@ class Call:
     """One prepared call: the LangChain keyword arguments, and what was known when it was prepared."""
 
     kwargs: dict
-    mark: int = 0  # the ledger's added_total when prepared
+    mark: int = 0  # the ledger's added_total when prepared (the empty-search check)
 
 
 def _nothing(state: RunState, call: Call) -> None:
@@ -57,15 +68,27 @@ def _nothing(state: RunState, call: Call) -> None:
 
 @dataclass(frozen=True)
 class Operation:
-    name: str  # the Locust request name
+    name: str  # the Locust request name and the option's stem (--<name>-weight)
     method: str  # the LangChain sync method; the async one is "a" + method
     prepare: Callable[[RunState], Call | None]  # None: nothing to do (the task is skipped, not failed)
     settle: Callable[[RunState, Call, Any], int]  # judge the result; returns response_length or raises
     abandon: Callable[[RunState, Call], None] = _nothing  # undo prepare after a failure
+    default_weight: int = 0
+    help: str = ""
+    # Whether the method hands extra keywords to pymilvus, so takes --milvus-timeout and the retry policy as
+    # call arguments. Those that do not still get the deadline through the store (LangChain's self.timeout).
+    takes_call_kwargs: bool = True
 
     @property
     def async_method(self) -> str:
         return "a" + self.method
+
+    @property
+    def option(self) -> str:
+        return self.name.replace("_", "-")
+
+    def call_kwargs(self, state: RunState, call: Call) -> dict:
+        return {**call.kwargs, **state.settings.call_kwargs} if self.takes_call_kwargs else call.kwargs
 
     def complete(self, state: RunState, call: Call, result: Any, exc: BaseException | None):
         """(response_length, exception or None) for one finished call."""
@@ -78,57 +101,174 @@ class Operation:
         return 0, exc
 
 
-# add: add_documents(documents, ids=...) with --batch-size documents shaped like the tutorials'.
-def _add_prepare(state: RunState) -> Call:
-    ids, docs = state.ledger.new_batch(state.settings.batch_size, state.rng)
+# --- adds: --batch-size tutorial-shaped documents with explicit string ids, owned by this process ----------
+
+def _new_docs(state: RunState):
+    return state.ledger.new_batch(state.settings.batch_size, state.rng)
+
+
+def _add_documents(state: RunState) -> Call:
+    ids, docs = _new_docs(state)
     return Call({"documents": docs, "ids": ids})
 
 
-def _add_settle(state: RunState, call: Call, result: list[str]) -> int:
+def _add_texts(state: RunState) -> Call:
+    ids, docs = _new_docs(state)
+    return Call({"texts": [d.page_content for d in docs], "metadatas": [d.metadata for d in docs], "ids": ids})
+
+
+def _add_embeddings(state: RunState) -> Call:
+    # The vectors are computed here, outside the timed call: add_embeddings is for callers that embed apart.
+    ids, docs = _new_docs(state)
+    texts = [d.page_content for d in docs]
+    return Call({"texts": texts, "embeddings": state.store.embeddings.embed_documents(texts),
+                 "metadatas": [d.metadata for d in docs], "ids": ids})
+
+
+def _added(state: RunState, call: Call, result: list[str]) -> int:
     ids = call.kwargs["ids"]
     if len(result) != len(ids):
-        raise OperationFailed(f"add_documents returned {len(result)} ids for {len(ids)} documents")
+        raise OperationFailed(f"{len(result)} ids returned for {len(ids)} documents")
     state.ledger.added(ids)
     return len(result)
 
 
-# search: similarity_search(query, k=--top-k).
-def _search_prepare(state: RunState) -> Call:
-    return Call({"query": query_text(state.rng), "k": state.settings.top_k}, mark=state.ledger.added_total)
+# --- searches ------------------------------------------------------------------------------------------------
+
+def _search(by_vector: bool, mmr: bool = False) -> Callable[[RunState], Call]:
+    def prepare(state: RunState) -> Call:
+        s = state.settings
+        kwargs: dict = {"embedding": state.query_vector()} if by_vector else {"query": query_text(state.rng)}
+        kwargs["k"] = s.top_k
+        if mmr:
+            kwargs["fetch_k"] = max(s.fetch_k, s.top_k)
+        if s.filter:
+            kwargs["expr"] = s.filter
+        return Call(kwargs, mark=state.ledger.added_total)
+
+    return prepare
 
 
-def _search_settle(state: RunState, call: Call, result: list) -> int:
+def _found(state: RunState, call: Call, result: list) -> int:
     # At Session (or Strong) consistency a search sees every write this process finished before it started.
     # If one of those documents was still not taken for deletion when the search ended, the collection was
     # not empty for it, so an empty result is wrong. (Checking the ledger only at the end is racy: an add
-    # that finishes while the search is in flight is not covered by the search's guarantee.)
-    guaranteed = state.settings.consistency_level in ("Strong", "Session")
+    # that finishes while the search is in flight is not covered by the search's guarantee.) A filter may
+    # rightly match nothing, so filtered searches are not judged.
+    s = state.settings
+    guaranteed = s.consistency_level in ("Strong", "Session") and not call.kwargs.get("expr")
     if not result and guaranteed and state.ledger.holds_any_added_before(call.mark):
-        raise OperationFailed("similarity_search returned no documents from a collection known to be non-empty")
+        raise OperationFailed("no documents returned from a collection known to be non-empty")
     return len(result)
 
 
-# delete: delete(ids=...) of up to --batch-size ids this process owns; skipped when it owns none.
-def _delete_prepare(state: RunState) -> Call | None:
+def _by_metadata(state: RunState) -> Call:
+    return Call({"expr": state.settings.metadata_filter, "limit": state.settings.top_k})
+
+
+def _get_pks(state: RunState) -> Call:
+    return Call({"expr": state.settings.metadata_filter})
+
+
+def _pks_found(state: RunState, call: Call, result: list | None) -> int:
+    if result is None:
+        raise OperationFailed("get_pks returned None (the collection does not exist)")
+    return len(result)
+
+
+def _counted(state: RunState, call: Call, result: list) -> int:
+    return len(result)
+
+
+# --- delete and upsert: only ids this process owns -----------------------------------------------------------
+
+def _delete(state: RunState) -> Call | None:
     ids = state.ledger.take(state.settings.batch_size)
     return Call({"ids": ids}) if ids else None
 
 
-def _delete_settle(state: RunState, call: Call, result: bool | None) -> int:
+def _deleted(state: RunState, call: Call, result: bool | None) -> int:
     if result is False:
         raise OperationFailed("delete returned False (LangChain logged the MilvusException it caught)")
     return len(call.kwargs["ids"])
 
 
-def _delete_abandon(state: RunState, call: Call) -> None:
+def _give_back(state: RunState, call: Call) -> None:
     state.ledger.give_back(call.kwargs["ids"])
+
+
+def _upsert(state: RunState) -> Call | None:
+    # The oldest owned ids get new content. They are taken out of the ledger while the upsert runs (so no
+    # delete races it) and come back as the newest when it has succeeded.
+    ids = state.ledger.take(state.settings.batch_size)
+    if not ids:
+        return None
+    numbers = [int(i.rsplit("-", 1)[1]) for i in ids]
+    return Call({"ids": ids, "documents": [make_document(n, state.rng) for n in numbers]})
+
+
+def _upserted(state: RunState, call: Call, result: None) -> int:
+    state.ledger.added(call.kwargs["ids"])
+    return len(call.kwargs["ids"])
+
+
+# --- from_texts: a timed bootstrap of a scratch collection ---------------------------------------------------
+
+def _from_texts(state: RunState) -> Call:
+    # No --milvus-timeout here: LangChain hands from_texts' extra keywords both to the constructor and to
+    # add_texts, and a timeout then reaches pymilvus's insert twice (TypeError). Its calls have no deadline.
+    s = state.settings
+    ids, docs = _new_docs(state)
+    scratch = f"{s.collection}_bootstrap_{ids[0].replace('-', '_')}"
+    return Call({"texts": [d.page_content for d in docs], "metadatas": [d.metadata for d in docs], "ids": ids,
+                 "embedding": state.store.embeddings, "collection_name": scratch,
+                 "connection_args": dict(state.store._connection_args), "consistency_level": s.consistency_level,
+                 "drop_old": True})
+
+
+def _bootstrapped(state: RunState, call: Call, result: Milvus) -> int:
+    _drop_scratch(state, call)
+    return len(call.kwargs["ids"])
+
+
+def _drop_scratch(state: RunState, call: Call) -> None:
+    # Untimed, best-effort clean-up: each bootstrap makes its own collection (concurrent users must not share
+    # one). A failed drop is logged, not counted: the bootstrap itself was measured already.
+    try:
+        state.store.client.drop_collection(call.kwargs["collection_name"], timeout=state.settings.timeout)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("locust-milvus: could not drop scratch collection %s: %s", call.kwargs["collection_name"], exc)
 
 
 TABLE: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("add", "add_documents", _add_prepare, _add_settle),
-        Operation("search", "similarity_search", _search_prepare, _search_settle),
-        Operation("delete", "delete", _delete_prepare, _delete_settle, _delete_abandon),
+        Operation("add", "add_documents", _add_documents, _added, default_weight=1,
+                  help="add: add_documents of --batch-size documents"),
+        Operation("add_texts", "add_texts", _add_texts, _added, help="add_texts: texts, metadatas and ids"),
+        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added,
+                  help="add_embeddings: texts with vectors computed before the timed call"),
+        Operation("search", "similarity_search", _search(by_vector=False), _found, default_weight=8,
+                  help="search: similarity_search(query, k=--top-k)"),
+        Operation("search_by_vector", "similarity_search_by_vector", _search(by_vector=True), _found,
+                  help="search_by_vector: similarity_search_by_vector with a pre-embedded query"),
+        Operation("search_with_score", "similarity_search_with_score", _search(by_vector=False), _found,
+                  help="search_with_score: similarity_search_with_score(query)"),
+        Operation("search_with_score_by_vector", "similarity_search_with_score_by_vector", _search(by_vector=True),
+                  _found, help="search_with_score_by_vector: with a pre-embedded query"),
+        Operation("mmr", "max_marginal_relevance_search", _search(by_vector=False, mmr=True), _found,
+                  help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
+        Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
+                  _found, help="mmr_by_vector: MMR search with a pre-embedded query"),
+        Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1,
+                  help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),
+        Operation("upsert", "upsert", _upsert, _upserted, _give_back,
+                  help="upsert: new content for up to --batch-size of this process's oldest documents"),
+        Operation("search_by_metadata", "search_by_metadata", _by_metadata, _counted, takes_call_kwargs=False,
+                  help="search_by_metadata: a scalar query with --metadata-filter, limit --top-k"),
+        Operation("get_pks", "get_pks", _get_pks, _pks_found, takes_call_kwargs=False,
+                  help="get_pks: primary keys matching --metadata-filter"),
+        Operation("from_texts", "from_texts", _from_texts, _bootstrapped, _drop_scratch, takes_call_kwargs=False,
+                  help="from_texts: a timed bootstrap of a new collection of --batch-size texts"),
     )
 }

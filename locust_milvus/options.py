@@ -10,18 +10,16 @@ from __future__ import annotations
 from locust import events
 
 import argparse
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-# Why these default weights: a RAG service mostly reads. 8 searches to 1 add and 1 delete (both of
-# --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run measures
-# a steady state instead of a growing collection.
-DEFAULT_WEIGHTS = {"add": 1, "search": 8, "delete": 1}
+from locust_milvus.operations import TABLE
+from locust_milvus.settings import ConfigError, Settings
+
+# Why the default weights (in operations.py): a RAG service mostly reads. 8 searches to 1 add and 1 delete
+# (both of --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run
+# measures a steady state instead of a growing collection. Every other operation starts at 0.
+DEFAULT_WEIGHTS = {name: op.default_weight for name, op in TABLE.items()}
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
-
-
-class ConfigError(ValueError):
-    """A bad option value; its message is one line saying what is wrong and how to fix it."""
 
 
 def _non_negative_int(text: str) -> int:
@@ -106,12 +104,28 @@ def add_arguments(parser) -> None:
     )
 
     workload = parser.add_argument_group("locust-milvus: workload")
-    for op, weight in DEFAULT_WEIGHTS.items():
+    for name, op in TABLE.items():
         _option(
             workload,
-            f"--{op}-weight", env_var=f"LOCUST_{op.upper()}_WEIGHT", type=_non_negative_int, default=weight,
-            help=f"Relative weight of the {op} task (>= 0; default {weight}).",
+            f"--{op.option}-weight", env_var=f"LOCUST_{name.upper()}_WEIGHT", type=_non_negative_int,
+            default=op.default_weight, help=f"Weight of {op.help} (>= 0; default {op.default_weight}).",
         )
+    _option(
+        workload,
+        "--filter", env_var="LOCUST_FILTER", default="",
+        help="Milvus boolean expression applied to every search that accepts one, e.g. \"category == 'cat_1'\" "
+        "(default: none).",
+    )
+    _option(
+        workload,
+        "--metadata-filter", env_var="LOCUST_METADATA_FILTER", default="category == 'cat_1'",
+        help="Expression of the search_by_metadata and get_pks tasks (default: \"category == 'cat_1'\").",
+    )
+    _option(
+        workload,
+        "--fetch-k", env_var="LOCUST_FETCH_K", type=_positive_int, default=20,
+        help="Candidates fetched by the MMR searches before re-ranking to --top-k (default: 20, LangChain's).",
+    )
     _option(
         workload,
         "--batch-size", env_var="LOCUST_BATCH_SIZE", type=_positive_int, default=10,
@@ -137,35 +151,6 @@ def add_arguments(parser) -> None:
         "--async-concurrency", env_var="LOCUST_ASYNC_CONCURRENCY", type=_positive_int, default=1,
         help="Operations each AsyncMilvusUser task keeps in flight with asyncio.gather (default: 1).",
     )
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The options of one run, checked; built from ``environment`` when a test starts."""
-
-    uri: str
-    token: str
-    collection: str
-    drop_collection: bool
-    consistency_level: str
-    timeout: float
-    retry_rate_limit: bool
-    weights: dict[str, int]
-    batch_size: int
-    top_k: int
-    prepopulate: int
-    dim: int
-    async_concurrency: int
-
-    @property
-    def call_kwargs(self) -> dict:
-        """Keyword arguments for every LangChain call: the deadline and pymilvus's retry policy.
-
-        pymilvus retries failed RPCs (and, unless told not to, rate limits) with back-off inside the call;
-        given ``timeout`` it stops retrying when the deadline is spent, so a dead server becomes a failure
-        after at most about --milvus-timeout instead of minutes of hidden latency.
-        """
-        return {"timeout": self.timeout, "retry_on_rate_limit": self.retry_rate_limit}
 
 
 def _as_int(o, name: str) -> int:
@@ -198,11 +183,11 @@ def settings_from(environment, host: str | None = None) -> Settings:
     host = host or environment.host or getattr(o, "host", None) or ""
     if not host:
         raise ConfigError("no Milvus to target: give --host http://HOST:19530, or run without it on the master")
-    weights = {op: _as_int(o, f"{op}_weight") for op in DEFAULT_WEIGHTS}
+    weights = {name: _as_int(o, f"{name}_weight") for name in TABLE}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
-        shown = ", ".join(f"--{op}-weight {w}" for op, w in weights.items())
-        raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown}")
-    for name in ("batch_size", "top_k", "dim", "async_concurrency"):
+        shown = ", ".join(f"--{TABLE[n].option}-weight {w}" for n, w in weights.items() if w)
+        raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown or 'all zero'}")
+    for name in ("batch_size", "top_k", "dim", "async_concurrency", "fetch_k"):
         if _as_int(o, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
     if _as_int(o, "prepopulate") < 0:
@@ -232,4 +217,7 @@ def settings_from(environment, host: str | None = None) -> Settings:
         prepopulate=_as_int(o, "prepopulate"),
         dim=_as_int(o, "dim"),
         async_concurrency=_as_int(o, "async_concurrency"),
+        filter=str(o.filter or "").strip(),
+        metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
+        fetch_k=_as_int(o, "fetch_k"),
     )

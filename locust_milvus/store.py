@@ -11,7 +11,7 @@ from pymilvus import DataType, MilvusClient
 
 from locust_milvus.data import SAMPLE_METADATA, IdLedger
 from locust_milvus.embeddings import make_embedding
-from locust_milvus.options import ConfigError, Settings
+from locust_milvus.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 PREPOPULATE_BATCH = 1000

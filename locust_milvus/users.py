@@ -59,7 +59,7 @@ class SyncMilvusUser(MilvusUser):
         monitor.enter(SYNC)
         start = time.perf_counter()
         try:
-            result = method(**call.kwargs, **state.settings.call_kwargs)
+            result = method(**op.call_kwargs(state, call))
         except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
             exc = e
         finally:
@@ -75,7 +75,7 @@ async def _timed(state: RunState, op: Operation, call: Call):
     monitor.enter(ASYNC)
     start = time.perf_counter()
     try:
-        result = await method(**call.kwargs, **state.settings.call_kwargs)
+        result = await method(**op.call_kwargs(state, call))
         return result, time.perf_counter() - start, None
     except asyncio.CancelledError:
         raise

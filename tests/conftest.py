@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from locust_milvus.options import DEFAULT_WEIGHTS, Settings
+from locust_milvus.options import DEFAULT_WEIGHTS
 from locust_milvus.server import EmbeddedMilvus
+from locust_milvus.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "langchain_milvus.py"

@@ -14,7 +14,8 @@ from locust_milvus import options
 from locust_milvus.data import IdLedger
 from locust_milvus.events import OperationFailed, fire, normalise
 from locust_milvus.operations import TABLE, RunState
-from locust_milvus.options import ConfigError, settings_from
+from locust_milvus.options import settings_from
+from locust_milvus.settings import ConfigError
 
 from .conftest import LOCUSTFILE, ROOT, make_settings
 
@@ -24,14 +25,16 @@ def fake_environment(**overrides):
         host="http://127.0.0.1:19530", milvus_token="", collection="c", drop_collection=False,
         consistency_level="Session", milvus_timeout=10.0, milvus_retry_rate_limit=False, add_weight=1,
         search_weight=8, delete_weight=1, batch_size=10, top_k=3, prepopulate=1000, dim=128, async_concurrency=1,
+        filter="", metadata_filter="category == 'cat_1'", fetch_k=20,
     )
+    parsed.update({f"{name}_weight": 0 for name in TABLE if f"{name}_weight" not in parsed})
     parsed.update(overrides)
     return SimpleNamespace(host=None, parsed_options=SimpleNamespace(**parsed))
 
 
 def test_settings_defaults_are_read():
     s = settings_from(fake_environment())
-    assert s.weights == {"add": 1, "search": 8, "delete": 1}
+    assert {name: w for name, w in s.weights.items() if w} == {"add": 1, "search": 8, "delete": 1}
     assert s.call_kwargs == {"timeout": 10.0, "retry_on_rate_limit": False}
 
 
@@ -108,7 +111,7 @@ class FakeStore:
 
 def state_with(store, **overrides) -> RunState:
     return RunState(settings=make_settings("http://127.0.0.1:1", "c", **overrides), store=store,
-                    ledger=IdLedger("t"), rng=random.Random(1))
+                    ledger=IdLedger("t"), rng=random.Random(1), query_vectors=[[0.0, 1.0]])
 
 
 def test_add_then_delete_only_own_ids():
@@ -155,7 +158,7 @@ def test_empty_search_fails_only_when_the_search_was_sure_to_find_something():
 
 
 def test_zero_weight_operations_are_never_picked():
-    state = state_with(FakeStore(), weights={"add": 0, "search": 3, "delete": 1})
+    state = state_with(FakeStore(), weights={**{name: 0 for name in TABLE}, "search": 3, "delete": 1})
     picks = {state.pick().name for _ in range(2000)}
     assert picks == {"search", "delete"}
 

@@ -141,3 +141,21 @@ def test_a_broken_server_fails_within_the_deadline(doomed_milvus, collection, us
     assert len(events) == 2 and events[1]["exception"] is not None
     # pymilvus retries only inside the deadline: the failure comes after about --milvus-timeout, not minutes.
     assert events[1]["response_time"] < 2000 + 1500 and wall < 2 + 2
+
+
+@pytest.fixture(scope="module")
+def shared_state(milvus):
+    settings = make_settings(milvus.uri, f"t_all_ops_{os.getpid()}", prepopulate=60, batch_size=5,
+                             drop_collection=True)
+    return build_state(settings)
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+@pytest.mark.parametrize("user_class, request_type", [(SyncMilvusUser, "langchain-sync"),
+                                                      (AsyncMilvusUser, "langchain-async")])
+def test_every_operation_in_both_modes(shared_state, name, user_class, request_type):
+    user, events = user_with_events(user_class, shared_state)
+    user.execute(TABLE[name])
+    assert [(e["request_type"], e["name"]) for e in events] == [(request_type, name)]
+    assert events[0]["exception"] is None, events[0]["exception"]
+    assert events[0]["response_length"] > 0
