@@ -1,9 +1,12 @@
 """What happens around a run, per process: Locust event listeners for init, test start/stop and quitting.
 
 - init (every process, after ``--processes`` forks): make sync gRPC cooperative; on the master or a local
-  runner, check the options and start the embedded Milvus when no --host is given.
-- test_start: the master or local runner prepares the collection once (checks, drop, schema, pre-population);
-  every process that runs users opens its store. Options are read here because workers receive them only now.
+  runner, check the options and start the embedded Milvus when no --host is given. In a headless run it also
+  prepares the collection here: Locust starts its --run-time clock before test_start, and set-up (creating and
+  pre-populating the collection) must not eat the measured time.
+- test_start: the master or local runner prepares the collection (checks, drop, schema, pre-population) unless
+  init already did for this start; every process that runs users opens its store. Options are read here
+  because workers receive them only now.
 - test_stop: log the concurrency evidence (monitor.py). quitting: cancel async work, stop the embedded Milvus.
 """
 
@@ -33,6 +36,7 @@ logger = logging.getLogger("locust_milvus")
 _state: RunState | None = None
 _server: EmbeddedMilvus | None = None
 _created: set[tuple[str, str]] = set()  # (uri, collection) this process created, so a restart may replace it
+_prepared: IdLedger | None = None  # set-up done at init for the first test, with the ids it wrote
 
 
 def current_state() -> RunState | None:
@@ -56,6 +60,27 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
         _fatal(str(e))
     if not environment.host:
         _start_embedded(environment)
+    if environment.parsed_options.headless:
+        global _prepared
+        try:
+            _prepared = _prepare(settings_from(environment))
+        except ConfigError as e:
+            _fatal(str(e))
+        except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
+            _fatal(f"set-up failed: {_one_line(e)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _prepare(settings) -> IdLedger:
+    """Prepare the collection once for a test; returns the ledger holding the pre-populated ids."""
+    ledger = IdLedger()
+    key = (settings.uri, settings.collection)
+    prepare_collection(settings, ledger, owned_here=key in _created)
+    _created.add(key)
+    return ledger
 
 
 def _start_embedded(environment) -> None:
@@ -89,16 +114,17 @@ def _fail_run(environment, message: str) -> None:
 
 @events.test_start.add_listener
 def _on_test_start(environment, **_kwargs) -> None:
-    global _state
+    global _state, _prepared
     _state = None
     runner = environment.runner
     try:
         settings = settings_from(environment)
-        ledger = IdLedger()
-        if not isinstance(runner, WorkerRunner):
-            key = (settings.uri, settings.collection)
-            prepare_collection(settings, ledger, owned_here=key in _created)
-            _created.add(key)
+        if isinstance(runner, WorkerRunner):
+            ledger = IdLedger()
+        elif _prepared is not None:  # done at init, before Locust's run-time clock started
+            ledger, _prepared = _prepared, None
+        else:
+            ledger = _prepare(settings)
         if isinstance(runner, MasterRunner):
             return  # the master runs no users
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
@@ -115,7 +141,7 @@ def _on_test_start(environment, **_kwargs) -> None:
     except ConfigError as e:
         _fail_run(environment, str(e))
     except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
-        _fail_run(environment, f"set-up failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        _fail_run(environment, f"set-up failed: {_one_line(e)}")
 
 
 @events.test_stop.add_listener

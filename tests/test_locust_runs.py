@@ -173,3 +173,19 @@ def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+
+SCENARIOS = sorted(p.name for p in (ROOT / "scenarios").glob("*.conf"))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_runs_without_failures(milvus, collection, tmp_path, scenario):
+    # The scenario as shipped, shortened and pointed at the session's Milvus (command line wins over the file).
+    result = run_locust("--config", f"scenarios/{scenario}", "--host", milvus.uri, "--collection", collection,
+                        "--run-time", "4s", "--users", "6", "--spawn-rate", "6", "--prepopulate", "100",
+                        "--csv", str(tmp_path / "run"))
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output
+    stats = read_stats_csv(tmp_path / "run")
+    total = stats[("", "Aggregated")]
+    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, total
