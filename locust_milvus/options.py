@@ -10,10 +10,9 @@ from __future__ import annotations
 from locust import events
 
 import argparse
-from urllib.parse import urlsplit
 
 from locust_milvus.operations import TABLE
-from locust_milvus.settings import ConfigError, Settings
+from locust_milvus.settings import ConfigError, Settings, check_uri
 
 # Why the default weights (in operations.py): a RAG service mostly reads. 8 searches to 1 add and 1 delete
 # (both of --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run
@@ -160,21 +159,6 @@ def _as_int(o, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
-
-
-def check_uri(uri: str) -> str:
-    """Return the URI normalised, or raise ConfigError naming the fix."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname:
-        raise ConfigError(
-            f"--host {uri!r} is not a Milvus URI: use http://HOST:19530 or https://HOST:443, "
-            "or leave --host empty to start the embedded Milvus"
-        )
-    try:
-        _ = parts.port  # urlsplit parses the port lazily; a bad one raises here
-    except ValueError:
-        raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
-    return uri.rstrip("/")
 
 
 def settings_from(environment, host: str | None = None) -> Settings:

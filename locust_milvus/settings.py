@@ -1,8 +1,13 @@
-"""The checked options of one run (built by options.settings_from) and the error a bad option raises."""
+"""The checked options of one run (built by options.settings_from) and the error a bad option raises.
+
+Nothing here imports Locust (which monkey-patches the standard library with gevent on import), so the plain
+commands (``locust-milvus server``, ``locust-milvus tutorial``) can use it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -39,3 +44,18 @@ class Settings:
         after at most about --milvus-timeout instead of minutes of hidden latency.
         """
         return {"timeout": self.timeout, "retry_on_rate_limit": self.retry_rate_limit}
+
+
+def check_uri(uri: str) -> str:
+    """Return the URI normalised, or raise ConfigError naming the fix."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname:
+        raise ConfigError(
+            f"--host {uri!r} is not a Milvus URI: use http://HOST:19530 or https://HOST:443, "
+            "or leave --host empty to start the embedded Milvus"
+        )
+    try:
+        _ = parts.port  # urlsplit parses the port lazily; a bad one raises here
+    except ValueError:
+        raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
+    return uri.rstrip("/")

@@ -69,6 +69,17 @@ async def open_async_store(settings: Settings) -> Milvus:
     return open_store(settings)
 
 
+def create_schema(store: Milvus, timeout: float | None = None) -> None:
+    """Create the store's collection (schema, index, load) without writing a row.
+
+    LangChain derives the schema from the first insert; ``_init`` (private API) is the one place that creates it
+    from one sample embedding and the tutorials' metadata, so --prepopulate 0 works and no timed add pays for
+    creating the collection. Its embeddings are field-wise: one list of vectors per vector field.
+    """
+    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[SAMPLE_METADATA],
+                timeout=timeout)
+
+
 def _vector_dim(client: MilvusClient, collection: str) -> int | None:
     for field in client.describe_collection(collection)["fields"]:
         if field["type"] in (DataType.FLOAT_VECTOR, DataType.FLOAT16_VECTOR, DataType.BFLOAT16_VECTOR):
@@ -112,11 +123,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
     store = _milvus(settings, setup_timeout)
-    # LangChain derives the schema from the first insert; _init is the one place that creates it (from one
-    # sample embedding and the tutorials' metadata) without writing a row, so --prepopulate 0 still works.
-    # Its embeddings are field-wise: one list of vectors per vector field.
-    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[SAMPLE_METADATA],
-                timeout=setup_timeout)
+    create_schema(store, setup_timeout)
     rng = random.Random(0)
     written: list[str] = []
     for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
