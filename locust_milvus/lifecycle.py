@@ -20,6 +20,7 @@ import gc
 import logging
 
 import gevent
+from dotenv import find_dotenv, load_dotenv
 
 from locust_milvus.bridge import close_bridge, get_bridge
 from locust_milvus.data import IdLedger
@@ -52,6 +53,8 @@ def _fatal(message: str) -> None:
 @events.init.add_listener
 def _on_init(environment, runner=None, **_kwargs) -> None:
     make_grpc_cooperative()
+    # OPENAI_API_KEY and friends may live in ./.env; variables already set in the environment win.
+    load_dotenv(find_dotenv(usecwd=True), override=False)
     if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
         return
     try:  # bad options stop here, before any server starts or load begins

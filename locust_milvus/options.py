@@ -102,6 +102,26 @@ def add_arguments(parser) -> None:
         help="Data directory of the embedded Milvus, kept after the run. Default: a temporary one, removed.",
     )
 
+    embedding = parser.add_argument_group(
+        "locust-milvus: embeddings",
+        "OPENAI_API_KEY and OPENAI_BASE_URL come from the environment or a .env file (never from the command line).",
+    )
+    _option(
+        embedding,
+        "--embedding", env_var="LOCUST_EMBEDDING", default="fake", choices=("fake", "openai"),
+        help="fake: offline deterministic vectors of --dim (default); openai: langchain-openai's OpenAIEmbeddings.",
+    )
+    _option(
+        embedding,
+        "--openai-model", env_var="LOCUST_OPENAI_MODEL", default="text-embedding-3-small",
+        help="Embedding model for --embedding openai (default: text-embedding-3-small).",
+    )
+    _option(
+        embedding,
+        "--openai-dimensions", env_var="LOCUST_OPENAI_DIMENSIONS", type=_non_negative_int, default=0,
+        help="Output dimensions asked of the model (0: the model's own; default 0).",
+    )
+
     workload = parser.add_argument_group("locust-milvus: workload")
     for name, op in TABLE.items():
         _option(
@@ -204,4 +224,18 @@ def settings_from(environment, host: str | None = None) -> Settings:
         filter=str(o.filter or "").strip(),
         metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
         fetch_k=_as_int(o, "fetch_k"),
+        embedding=_embedding_choice(o),
+        openai_model=str(o.openai_model or "text-embedding-3-small"),
+        openai_dimensions=_as_int(o, "openai_dimensions"),
     )
+
+
+def _embedding_choice(o) -> str:
+    choice = str(o.embedding or "fake")
+    if choice not in ("fake", "openai"):
+        raise ConfigError(f"--embedding must be fake or openai, got {choice!r}")
+    if choice == "openai":
+        from locust_milvus.embeddings import check_openai_key
+
+        check_openai_key()
+    return choice

@@ -34,6 +34,9 @@ class Settings:
     filter: str = ""
     metadata_filter: str = "category == 'cat_1'"
     fetch_k: int = 20
+    embedding: str = "fake"
+    openai_model: str = "text-embedding-3-small"
+    openai_dimensions: int = 0
 
     @property
     def call_kwargs(self) -> dict:

@@ -10,7 +10,7 @@ from langchain_milvus import Milvus
 from pymilvus import DataType, MilvusClient
 
 from locust_milvus.data import SAMPLE_METADATA, IdLedger
-from locust_milvus.embeddings import make_embedding
+from locust_milvus.embeddings import embedding_for
 from locust_milvus.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def connection_args(settings: Settings) -> dict:
 
 def _milvus(settings: Settings, timeout: float) -> Milvus:
     return Milvus(
-        embedding_function=make_embedding(settings.dim),
+        embedding_function=embedding_for(settings),
         collection_name=settings.collection,
         connection_args=connection_args(settings),
         consistency_level=settings.consistency_level,
@@ -96,6 +96,12 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     """
     where = redact_uri(settings.uri)
     try:
+        # The collection's dimension is the embedding's: --dim for the fake one, the model's for OpenAI.
+        dim = len(embedding_for(settings).embed_query("schema"))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"the {settings.embedding} embedding failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    try:
         client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
         exists = client.has_collection(settings.collection, timeout=settings.timeout)
     except Exception as exc:  # noqa: BLE001 - any failure here means the target is unusable
@@ -105,13 +111,15 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         ) from None
     try:
         if exists:
-            dim = _vector_dim(client, settings.collection)
+            existing = _vector_dim(client, settings.collection)
             if settings.drop_collection or owned_here:
                 client.drop_collection(settings.collection, timeout=settings.timeout)
-            elif dim != settings.dim:
+            elif existing != dim:
+                what = (f"--dim is {dim}" if settings.embedding == "fake"
+                        else f"the {settings.openai_model} vectors have {dim}")
                 raise ConfigError(
-                    f"collection {settings.collection!r} has dim {dim} but --dim is {settings.dim}: "
-                    f"pass --dim {dim}, another --collection, or --drop-collection to replace it"
+                    f"collection {settings.collection!r} has dim {existing} but {what}: "
+                    f"use vectors of dim {existing}, another --collection, or --drop-collection to replace it"
                 )
             else:
                 raise ConfigError(
@@ -131,7 +139,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         store.add_documents(docs, ids=ids, timeout=setup_timeout)
         written.extend(ids)
     ledger.added(written)
-    logger.info("locust-milvus: collection %r ready on %s (dim %d, %d documents pre-populated)",
-                settings.collection, where, settings.dim, len(written))
+    logger.info("locust-milvus: collection %r ready on %s (dim %d, %s embedding, %d documents pre-populated)",
+                settings.collection, where, dim, settings.embedding, len(written))
     store.client.close()
     return written

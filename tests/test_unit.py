@@ -25,7 +25,8 @@ def fake_environment(**overrides):
         host="http://127.0.0.1:19530", milvus_token="", collection="c", drop_collection=False,
         consistency_level="Session", milvus_timeout=10.0, milvus_retry_rate_limit=False, add_weight=1,
         search_weight=8, delete_weight=1, batch_size=10, top_k=3, prepopulate=1000, dim=128, async_concurrency=1,
-        filter="", metadata_filter="category == 'cat_1'", fetch_k=20,
+        filter="", metadata_filter="category == 'cat_1'", fetch_k=20, embedding="fake",
+        openai_model="text-embedding-3-small", openai_dimensions=0,
     )
     parsed.update({f"{name}_weight": 0 for name in TABLE if f"{name}_weight" not in parsed})
     parsed.update(overrides)
