@@ -78,6 +78,7 @@ class Operation:
     # Whether the method hands extra keywords to pymilvus, so takes --milvus-timeout and the retry policy as
     # call arguments. Those that do not still get the deadline through the store (LangChain's self.timeout).
     takes_call_kwargs: bool = True
+    writes: bool = False  # changes the collection (refused with --existing-collection)
 
     @property
     def async_method(self) -> str:
@@ -223,7 +224,7 @@ def _from_texts(state: RunState) -> Call:
     return Call({"texts": [d.page_content for d in docs], "metadatas": [d.metadata for d in docs], "ids": ids,
                  "embedding": state.store.embeddings, "collection_name": scratch,
                  "connection_args": dict(state.store._connection_args), "consistency_level": s.consistency_level,
-                 "drop_old": True})
+                 "drop_old": True, **s.store_kwargs})
 
 
 def _bootstrapped(state: RunState, call: Call, result: Milvus) -> int:
@@ -243,10 +244,11 @@ def _drop_scratch(state: RunState, call: Call) -> None:
 TABLE: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("add", "add_documents", _add_documents, _added, default_weight=1,
+        Operation("add", "add_documents", _add_documents, _added, default_weight=1, writes=True,
                   help="add: add_documents of --batch-size documents"),
-        Operation("add_texts", "add_texts", _add_texts, _added, help="add_texts: texts, metadatas and ids"),
-        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added,
+        Operation("add_texts", "add_texts", _add_texts, _added, writes=True,
+                  help="add_texts: texts, metadatas and ids"),
+        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, writes=True,
                   help="add_embeddings: texts with vectors computed before the timed call"),
         Operation("search", "similarity_search", _search(by_vector=False), _found, default_weight=8,
                   help="search: similarity_search(query, k=--top-k)"),
@@ -260,15 +262,16 @@ TABLE: dict[str, Operation] = {
                   help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
         Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
                   _found, help="mmr_by_vector: MMR search with a pre-embedded query"),
-        Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1,
+        Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1, writes=True,
                   help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),
-        Operation("upsert", "upsert", _upsert, _upserted, _give_back,
+        Operation("upsert", "upsert", _upsert, _upserted, _give_back, writes=True,
                   help="upsert: new content for up to --batch-size of this process's oldest documents"),
         Operation("search_by_metadata", "search_by_metadata", _by_metadata, _counted, takes_call_kwargs=False,
                   help="search_by_metadata: a scalar query with --metadata-filter, limit --top-k"),
         Operation("get_pks", "get_pks", _get_pks, _pks_found, takes_call_kwargs=False,
                   help="get_pks: primary keys matching --metadata-filter"),
         Operation("from_texts", "from_texts", _from_texts, _bootstrapped, _drop_scratch, takes_call_kwargs=False,
+                  writes=True,
                   help="from_texts: a timed bootstrap of a new collection of --batch-size texts"),
     )
 }

@@ -102,6 +102,48 @@ def add_arguments(parser) -> None:
         help="Data directory of the embedded Milvus, kept after the run. Default: a temporary one, removed.",
     )
 
+    schema = parser.add_argument_group(
+        "locust-milvus: collection",
+        "How the test's collection is built, or which existing collection is read.",
+    )
+    _option(
+        schema,
+        "--index-type", env_var="LOCUST_INDEX_TYPE", default="AUTOINDEX",
+        help="Vector index type: AUTOINDEX (LangChain's default), HNSW, IVF_FLAT, FLAT, ... (default: AUTOINDEX).",
+    )
+    _option(
+        schema,
+        "--metric", env_var="LOCUST_METRIC", default="L2", choices=("L2", "IP", "COSINE"),
+        help="Distance metric of the index and searches (default: L2, LangChain's).",
+    )
+    _option(
+        schema,
+        "--index-params", env_var="LOCUST_INDEX_PARAMS", default="",
+        help='Index build parameters as JSON, e.g. \'{"M": 16, "efConstruction": 200}\' for HNSW (default: none).',
+    )
+    _option(
+        schema,
+        "--search-params", env_var="LOCUST_SEARCH_PARAMS", default="",
+        help='Search parameters as JSON, e.g. \'{"ef": 64}\' (default: LangChain\'s for the index type).',
+    )
+    _option(
+        schema,
+        "--partition-key-field", env_var="LOCUST_PARTITION_KEY_FIELD", default="",
+        help="Metadata field to use as Milvus partition key, e.g. category (default: none).",
+    )
+    _option(
+        schema,
+        "--existing-collection", env_var="LOCUST_EXISTING_COLLECTION", action="store_true", default=False,
+        help="Read an existing collection as it is: no drop, no schema, no pre-population; write weights must be 0.",
+    )
+    for name, default, what in (("text", "text", "document text"), ("vector", "vector", "vector"),
+                                ("primary", "pk", "primary key")):
+        _option(
+            schema,
+            f"--{name}-field", env_var=f"LOCUST_{name.upper()}_FIELD", default=default,
+            help=f"Name of the {what} field (default: {default}, LangChain's); for collections made by other tools.",
+        )
+
     embedding = parser.add_argument_group(
         "locust-milvus: embeddings",
         "OPENAI_API_KEY and OPENAI_BASE_URL come from the environment or a .env file (never from the command line).",
@@ -194,6 +236,11 @@ def settings_from(environment, host: str | None = None) -> Settings:
     for name in ("batch_size", "top_k", "dim", "async_concurrency", "fetch_k"):
         if _as_int(o, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
+    existing = bool(o.existing_collection)
+    if existing:
+        writes = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].writes]
+        if writes:
+            raise ConfigError(f"--existing-collection is read-only, but {' '.join(writes)} > 0: set them to 0")
     if _as_int(o, "prepopulate") < 0:
         raise ConfigError(f"--prepopulate must be >= 0, got {o.prepopulate}")
     try:
@@ -225,9 +272,41 @@ def settings_from(environment, host: str | None = None) -> Settings:
         metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
         fetch_k=_as_int(o, "fetch_k"),
         embedding=_embedding_choice(o),
+        index_type=str(o.index_type or "AUTOINDEX").strip().upper(),
+        metric=str(o.metric or "L2").upper(),
+        index_params=_json_object(o, "index_params") or {},
+        search_params=_json_object(o, "search_params"),
+        partition_key_field=str(o.partition_key_field or "").strip(),
+        existing_collection=existing,
+        text_field=_field_name(o, "text_field"),
+        vector_field=_field_name(o, "vector_field"),
+        primary_field=_field_name(o, "primary_field"),
         openai_model=str(o.openai_model or "text-embedding-3-small"),
         openai_dimensions=_as_int(o, "openai_dimensions"),
     )
+
+
+def _json_object(o, name: str) -> dict | None:
+    import json
+
+    text = str(getattr(o, name) or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--{name.replace('_', '-')} is not valid JSON ({e.msg} at column {e.colno}): "
+                          f"use an object such as '{{\"ef\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a JSON object such as '{{\"ef\": 64}}'")
+    return value
+
+
+def _field_name(o, name: str) -> str:
+    value = str(getattr(o, name) or "").strip()
+    if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not a valid field name")
+    return value
 
 
 def _embedding_choice(o) -> str:

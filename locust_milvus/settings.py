@@ -6,7 +6,7 @@ commands (``locust-milvus server``, ``locust-milvus tutorial``) can use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -37,6 +37,32 @@ class Settings:
     embedding: str = "fake"
     openai_model: str = "text-embedding-3-small"
     openai_dimensions: int = 0
+    index_type: str = "AUTOINDEX"
+    metric: str = "L2"
+    index_params: dict = field(default_factory=dict)
+    search_params: dict | None = None
+    partition_key_field: str = ""
+    existing_collection: bool = False
+    text_field: str = "text"
+    vector_field: str = "vector"
+    primary_field: str = "pk"
+
+    @property
+    def store_kwargs(self) -> dict:
+        """Schema, index and field-name arguments of ``langchain_milvus.Milvus`` for this run."""
+        kwargs = {
+            "index_params": {"index_type": self.index_type, "metric_type": self.metric, "params": self.index_params},
+            "text_field": self.text_field,
+            "vector_field": self.vector_field,
+            "primary_field": self.primary_field,
+        }
+        if self.search_params is not None:
+            kwargs["search_params"] = {"metric_type": self.metric, "params": self.search_params}
+        if self.partition_key_field:
+            # LangChain honours a partition key only with dynamic fields: the other metadata becomes dynamic.
+            kwargs["partition_key_field"] = self.partition_key_field
+            kwargs["enable_dynamic_field"] = True
+        return kwargs
 
     @property
     def call_kwargs(self) -> dict:

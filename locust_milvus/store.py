@@ -44,6 +44,7 @@ def _milvus(settings: Settings, timeout: float) -> Milvus:
         consistency_level=settings.consistency_level,
         auto_id=False,  # explicit string ids: upsert and delete by id work on Milvus 2.3 to 2.6
         timeout=timeout,  # LangChain prefers this to a per-call timeout
+        **settings.store_kwargs,
     )
 
 
@@ -80,11 +81,14 @@ def create_schema(store: Milvus, timeout: float | None = None) -> None:
                 timeout=timeout)
 
 
-def _vector_dim(client: MilvusClient, collection: str) -> int | None:
+def _vector_dim(client: MilvusClient, collection: str, vector_field: str) -> int | None:
     for field in client.describe_collection(collection)["fields"]:
-        if field["type"] in (DataType.FLOAT_VECTOR, DataType.FLOAT16_VECTOR, DataType.BFLOAT16_VECTOR):
+        if field["name"] == vector_field:
+            if field["type"] not in (DataType.FLOAT_VECTOR, DataType.FLOAT16_VECTOR, DataType.BFLOAT16_VECTOR):
+                raise ConfigError(f"field {vector_field!r} of collection {collection!r} is not a float vector")
             return int(field["params"]["dim"])
-    return None
+    raise ConfigError(f"collection {collection!r} has no field {vector_field!r}: name its vector field with "
+                      "--vector-field (and --text-field, --primary-field if they differ from LangChain's)")
 
 
 def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = False) -> list[str]:
@@ -110,8 +114,19 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
             "check --host and --milvus-token, or leave --host empty to use the embedded Milvus"
         ) from None
     try:
+        if settings.existing_collection:
+            if not exists:
+                raise ConfigError(f"--existing-collection: collection {settings.collection!r} does not exist on "
+                                  f"{where}: check --collection")
+            existing = _vector_dim(client, settings.collection, settings.vector_field)
+            if existing != dim:
+                raise ConfigError(f"collection {settings.collection!r} field {settings.vector_field!r} has dim "
+                                  f"{existing} but the {settings.embedding} embedding gives {dim}: match --dim")
+            logger.info("locust-milvus: reading existing collection %r on %s as it is (dim %d, %s embedding)",
+                        settings.collection, where, dim, settings.embedding)
+            return []
         if exists:
-            existing = _vector_dim(client, settings.collection)
+            existing = _vector_dim(client, settings.collection, settings.vector_field)
             if settings.drop_collection or owned_here:
                 client.drop_collection(settings.collection, timeout=settings.timeout)
             elif existing != dim:

@@ -189,3 +189,59 @@ def test_every_scenario_runs_without_failures(milvus, collection, tmp_path, scen
     stats = read_stats_csv(tmp_path / "run")
     total = stats[("", "Aggregated")]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, total
+
+
+def test_index_metric_and_partition_key_options_build_the_collection(milvus, collection, tmp_path):
+    result = headless(milvus, collection, tmp_path, "SyncMilvusUser", "--index-type", "HNSW", "--metric", "COSINE",
+                      "--index-params", '{"M": 16, "efConstruction": 64}', "--search-params", '{"ef": 32}',
+                      "--partition-key-field", "category", users=4, seconds=4)
+    assert result.returncode == 0, result.output[-3000:]
+    assert int(read_stats_csv(tmp_path / "run")[("", "Aggregated")]["Failure Count"]) == 0
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=milvus.uri)
+    index = client.describe_index(collection, client.list_indexes(collection)[0])
+    fields = {f["name"]: f for f in client.describe_collection(collection)["fields"]}
+    client.close()
+    assert index["index_type"] == "HNSW" and index["metric_type"] == "COSINE" and str(index["M"]) == "16"
+    assert fields["category"].get("is_partition_key") is True
+
+
+def test_existing_collection_with_other_field_names_is_read_as_it_is(milvus, collection, tmp_path):
+    # A collection made by another tool: its own field names, no LangChain conventions.
+    from pymilvus import DataType, MilvusClient
+
+    from locust_milvus.embeddings import make_embedding
+
+    client = MilvusClient(uri=milvus.uri)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("content", DataType.VARCHAR, max_length=1024)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=32)
+    index = client.prepare_index_params()
+    index.add_index("embedding", index_type="FLAT", metric_type="L2")
+    client.create_collection(collection, schema=schema, index_params=index, consistency_level="Strong")
+    texts = [f"test document {i} from another tool" for i in range(200)]
+    vectors = make_embedding(32).embed_documents(texts)
+    client.insert(collection, [{"doc_id": f"d{i}", "content": t, "embedding": v}
+                               for i, (t, v) in enumerate(zip(texts, vectors, strict=True))])
+    before = client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+
+    result = run_locust("--headless", "-u", "4", "-r", "4", "-t", "4s", "--host", milvus.uri, "--collection",
+                        collection, "--existing-collection", "--text-field", "content", "--vector-field", "embedding",
+                        "--primary-field", "doc_id", "--dim", "32", "--add-weight", "0", "--delete-weight", "0",
+                        "--search-weight", "1", "--search-by-vector-weight", "1", "--csv", str(tmp_path / "run"))
+    assert result.returncode == 0, result.output[-3000:]
+    stats = read_stats_csv(tmp_path / "run")
+    assert int(stats[("", "Aggregated")]["Request Count"]) > 0
+    assert int(stats[("", "Aggregated")]["Failure Count"]) == 0
+    after = client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+    assert before == after  # nothing written
+    refused = run_locust("--headless", "-u", "1", "-t", "2s", "--host", milvus.uri, "--collection", collection,
+                         "--existing-collection", "--vector-field", "embedding", "--text-field", "content",
+                         "--primary-field", "doc_id", "--dim", "32")
+    assert refused.returncode == 1 and "--existing-collection is read-only" in refused.output
+    wrong = run_locust("--headless", "-u", "1", "-t", "2s", "--host", milvus.uri, "--collection", collection,
+                       "--existing-collection", "--add-weight", "0", "--delete-weight", "0", "--dim", "32")
+    assert wrong.returncode == 1 and "has no field 'vector'" in wrong.output
+    client.close()

@@ -26,7 +26,9 @@ def fake_environment(**overrides):
         consistency_level="Session", milvus_timeout=10.0, milvus_retry_rate_limit=False, add_weight=1,
         search_weight=8, delete_weight=1, batch_size=10, top_k=3, prepopulate=1000, dim=128, async_concurrency=1,
         filter="", metadata_filter="category == 'cat_1'", fetch_k=20, embedding="fake",
-        openai_model="text-embedding-3-small", openai_dimensions=0,
+        openai_model="text-embedding-3-small", openai_dimensions=0, index_type="AUTOINDEX", metric="L2",
+        index_params="", search_params="", partition_key_field="", existing_collection=False, text_field="text",
+        vector_field="vector", primary_field="pk",
     )
     parsed.update({f"{name}_weight": 0 for name in TABLE if f"{name}_weight" not in parsed})
     parsed.update(overrides)
@@ -50,6 +52,10 @@ def test_settings_defaults_are_read():
         (dict(batch_size=0), "--batch-size must be >= 1"),
         (dict(milvus_timeout=0), "--milvus-timeout must be a number of seconds > 0"),
         (dict(collection="1bad-name"), "is not a valid Milvus collection name"),
+        (dict(index_params="{M: 16}"), "--index-params is not valid JSON"),
+        (dict(search_params="[1]"), "--search-params must be a JSON object"),
+        (dict(existing_collection=True), "--existing-collection is read-only, but --add-weight --delete-weight > 0"),
+        (dict(vector_field="my-vector"), "--vector-field 'my-vector' is not a valid field name"),
     ],
 )
 def test_bad_options_give_one_clear_line(overrides, message):
