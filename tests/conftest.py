@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import locust  # noqa: F401,I001  first: Locust monkey-patches the standard library with gevent, as in a real run
-
 import os
+
+# This pytest process runs gRPC in-process (the bridge and store tests) and also starts many subprocesses, which
+# gevent's subprocess starts with a Python-level fork. gRPC's fork handlers then ran in a child while other
+# threads were in gRPC, and the child aborted (SIGABRT, "epoll_wait error: Bad file descriptor") before it could
+# exec. Tests need no fork support: turn it off before gRPC is imported. The children get the user's environment.
+_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
+_USER_FORK_SUPPORT = os.environ.get(_FORK_SUPPORT)
+os.environ[_FORK_SUPPORT] = "false"
+
+import locust  # noqa: E402,F401,I001  first: Locust monkey-patches the standard library with gevent, as in a real run
+
 import re
 import subprocess
 import sys
@@ -59,11 +68,18 @@ class LocustResult:
         return [(int(a), int(b), float(c)) for a, b, c in MONITOR.findall(self.output)]
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment a subprocess gets: the user's (fork support as they had it), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != _FORK_SUPPORT}
+    if _USER_FORK_SUPPORT is not None:
+        env[_FORK_SUPPORT] = _USER_FORK_SUPPORT
+    return {**env, **(extra or {})}
+
+
 def run_locust(*args: str, env: dict | None = None, timeout: float = 180) -> LocustResult:
     """Run a real ``locust`` process on the main locustfile; returns its exit code and combined output."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(env))
     return LocustResult(proc.returncode, proc.stdout + proc.stderr)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LOCUSTFILE, ROOT, read_stats_csv, run_locust
+from .conftest import LOCUSTFILE, ROOT, child_env, read_stats_csv, run_locust
 
 pytestmark = pytest.mark.locust
 EMBEDDED = re.compile(r"embedded Milvus [\d.]+ ready at (\S+) \(pid (\d+), data (\S+)\)")
@@ -99,7 +99,7 @@ def test_embedded_default_run_writes_its_report_and_cleans_up(tmp_path):
 def _start_embedded_run(tmp_path):
     log = open(tmp_path / "locust.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "4", "-r",
-                             "4", "-t", "120s"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                             "4", "-t", "120s"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = (tmp_path / "locust.log").read_text()
@@ -161,7 +161,7 @@ def test_existing_collection_and_dim_mismatch_are_refused(milvus, collection, tm
 
 def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
     proc = subprocess.Popen([sys.executable, "-m", "locust_milvus.cli", "server"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         uri = proc.stdout.readline().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", uri), uri

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from .conftest import ROOT, read_stats_csv, run_locust
+from .conftest import ROOT, child_env, read_stats_csv, run_locust
 from .test_web_ui import free_port
 
 pytestmark = pytest.mark.locust
@@ -67,7 +66,7 @@ def test_key_is_read_from_dotenv_without_overriding_the_environment(milvus, coll
          "--host", milvus.uri, "--collection", collection, "--prepopulate", "10", "--embedding", "openai",
          "SyncMilvusUser"],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
-        env={**{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"},
+        env={**{k: v for k, v in child_env().items() if k != "OPENAI_API_KEY"},
              "OPENAI_BASE_URL": openai_endpoint + "/v1"},
     )
     output = proc.stdout + proc.stderr

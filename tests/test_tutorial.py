@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, child_env
 
 pytestmark = pytest.mark.milvus
 
@@ -16,7 +16,7 @@ def test_tutorial_writes_table_and_chart(milvus, tmp_path):
     out = tmp_path / "tutorial"
     proc = subprocess.run([sys.executable, "-m", "locust_milvus.cli", "tutorial", "--host", milvus.uri,
                            "--counts", "5,10", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "tutorial.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| add") or line.startswith("| search")
@@ -29,7 +29,7 @@ def test_tutorial_writes_table_and_chart(milvus, tmp_path):
 
 def test_bad_counts_are_refused():
     proc = subprocess.run([sys.executable, "-m", "locust_milvus.cli", "tutorial", "--counts", "10,x"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=child_env())
     assert proc.returncode == 2 and "--counts must be whole numbers" in proc.stderr
 
 

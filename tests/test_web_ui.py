@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import LOCUSTFILE, ROOT
+from .conftest import LOCUSTFILE, ROOT, child_env
 
 pytestmark = pytest.mark.locust
 
@@ -48,7 +48,7 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-host", "127.0.0.1",
                              "--web-port", str(port), "--host", milvus.uri, "--collection", collection,
                              "--prepopulate", "100", "--milvus-token", "s3cret-token"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
     try:
         deadline = time.monotonic() + 60
         while True:
