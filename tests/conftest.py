@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (GRPC_ENABLE_FORK_SUPPORT must be set before anything imports gRPC)
 """Fixtures: one real embedded Milvus per test session, real locust processes, run-state helpers."""
 
 from __future__ import annotations
