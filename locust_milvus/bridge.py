@@ -40,6 +40,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 _start_native_thread = get_original("_thread", "start_new_thread")
+_native_getaddrinfo = get_original("socket", "getaddrinfo")
+_native_getnameinfo = get_original("socket", "getnameinfo")
 _NativeSelector = get_original("selectors", "DefaultSelector")
 _get_native_ident = get_original("_thread", "get_ident")
 
@@ -91,12 +93,27 @@ class NativeThreadExecutor(concurrent.futures.ThreadPoolExecutor):
             self._jobs.put(None)
 
 
+class _NativeResolvingLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, resolving names with the operating system's resolver.
+
+    asyncio's getaddrinfo runs ``socket.getaddrinfo`` in the executor; under monkey-patching that is gevent's
+    resolver, which starts a hub and a resolver thread pool inside each native executor thread. The async HTTP
+    clients of embedding providers (httpx through anyio) resolve through here; keep gevent out of this thread.
+    """
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):  # noqa: A002 - asyncio's API
+        return await self.run_in_executor(None, _native_getaddrinfo, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        return await self.run_in_executor(None, _native_getnameinfo, sockaddr, flags)
+
+
 class AsyncBridge:
     """An asyncio loop in a native thread, and a cooperative way for greenlets to run coroutines on it."""
 
     def __init__(self, executor_workers: int = 4) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.SelectorEventLoop(_NativeSelector())
+        self.loop = _NativeResolvingLoop(_NativeSelector())
         self.loop.set_default_executor(NativeThreadExecutor(executor_workers))
         self._thread_ident: int | None = None
         _start_native_thread(self._run_loop, ())

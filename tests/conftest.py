@@ -80,7 +80,12 @@ def child_env(extra: dict | None = None) -> dict:
 def run_locust(*args: str, env: dict | None = None, timeout: float = 180) -> LocustResult:
     """Run a real ``locust`` process on the main locustfile; returns its exit code and combined output."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(env))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(env))
+    except subprocess.TimeoutExpired as e:  # keep what it printed: a hang is worth diagnosing
+        printed = (e.stdout or b"") + (e.stderr or b"")
+        printed = printed.decode(errors="replace") if isinstance(printed, bytes) else printed
+        pytest.fail(f"locust did not finish in {timeout} s; it printed:\n{printed[-4000:]}")
     return LocustResult(proc.returncode, proc.stdout + proc.stderr)
 
 
