@@ -13,6 +13,9 @@ from collections import deque
 
 from langchain_core.documents import Document
 
+# The tutorial's search queries: ``f"test document {i % 50}"``.
+TUTORIAL_QUERIES = tuple(f"test document {i}" for i in range(50))
+
 # The metadata of one document; the collection's schema is made from it (see store.py).
 SAMPLE_METADATA = {"id": "doc_0", "score": 0.0, "category": "cat_0"}
 
@@ -25,13 +28,47 @@ def make_document(n: int, rng: random.Random) -> Document:
     )
 
 
-# The tutorial's search queries: ``f"test document {i % 50}"``.
-TUTORIAL_QUERIES = tuple(f"test document {i}" for i in range(50))
 
 
 def query_text(rng: random.Random) -> str:
     """A search query shaped like the tutorial's."""
     return rng.choice(TUTORIAL_QUERIES)
+
+
+def number_of(doc_id: str) -> int:
+    """The document number inside an id made by IdLedger ("<prefix>-<number>")."""
+    return int(doc_id.rsplit("-", 1)[1])
+
+
+class DocSource:
+    """Where documents, queries and vectors come from: the tutorials' synthetic shape, or a --dataset."""
+
+    def __init__(self, dataset=None) -> None:
+        self.dataset = dataset
+
+    @property
+    def sample_metadata(self) -> dict:
+        return dict(self.dataset.metadatas[0]) if self.dataset else dict(SAMPLE_METADATA)
+
+    @property
+    def has_vectors(self) -> bool:
+        return bool(self.dataset and self.dataset.vectors)
+
+    def document(self, n: int, rng: random.Random) -> Document:
+        if self.dataset is None:
+            return make_document(n, rng)
+        i = n % len(self.dataset)
+        return Document(page_content=self.dataset.texts[i], metadata=dict(self.dataset.metadatas[i]))
+
+    def vector(self, n: int) -> list[float] | None:
+        return self.dataset.vectors[n % len(self.dataset)] if self.has_vectors else None
+
+    def queries(self) -> list[str]:
+        """Search queries: the tutorial's 50, or up to 50 texts of the dataset (their first 200 characters)."""
+        if self.dataset is None:
+            return list(TUTORIAL_QUERIES)
+        step = max(1, len(self.dataset) // 50)
+        return [t[:200] for t in self.dataset.texts[::step][:50]]
 
 
 class IdLedger:
@@ -49,10 +86,12 @@ class IdLedger:
         self.added_total = 0
         self.taken_total = 0
 
-    def new_batch(self, n: int, rng: random.Random) -> tuple[list[str], list[Document]]:
+    def new_batch(self, n: int, rng: random.Random,
+                  source: DocSource | None = None) -> tuple[list[str], list[Document]]:
         """``n`` fresh documents with ids unique to this process (not owned until :meth:`added`)."""
         numbers = [next(self._counter) for _ in range(n)]
-        return [f"{self.prefix}-{i}" for i in numbers], [make_document(i, rng) for i in numbers]
+        make = source.document if source is not None else make_document
+        return [f"{self.prefix}-{i}" for i in numbers], [make(i, rng) for i in numbers]
 
     def added(self, ids: list[str]) -> None:
         self._live.extend(ids)

@@ -23,7 +23,8 @@ import gevent
 from dotenv import find_dotenv, load_dotenv
 
 from locust_milvus.bridge import close_bridge, get_bridge
-from locust_milvus.data import IdLedger
+from locust_milvus.data import DocSource, IdLedger
+from locust_milvus.dataset import load_dataset
 from locust_milvus.grpc_gevent import make_grpc_cooperative
 from locust_milvus.monitor import monitor
 from locust_milvus.operations import RunState
@@ -57,8 +58,8 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
     load_dotenv(find_dotenv(usecwd=True), override=False)
     if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
         return
-    try:  # bad options stop here, before any server starts or load begins
-        settings_from(environment, host=environment.host or "http://127.0.0.1:19530")
+    try:  # bad options (and a malformed --dataset) stop here, before any server starts or load begins
+        _source(settings_from(environment, host=environment.host or "http://127.0.0.1:19530"))
     except ConfigError as e:
         _fatal(str(e))
     if not environment.host:
@@ -77,11 +78,26 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+_sources: dict[tuple[str, str, str], DocSource] = {}
+
+
+def _source(settings) -> DocSource:
+    """Documents and queries of the run: synthetic, or the --dataset file (read once per process)."""
+    if not settings.dataset:
+        return DocSource()
+    key = (settings.dataset, settings.dataset_text_column, settings.dataset_vector_column)
+    if key not in _sources:
+        _sources[key] = DocSource(load_dataset(*key))
+        logger.info("locust-milvus: --dataset %s: %d documents%s", settings.dataset, len(_sources[key].dataset),
+                    " with vectors" if _sources[key].has_vectors else "")
+    return _sources[key]
+
+
 def _prepare(settings) -> IdLedger:
     """Prepare the collection once for a test; returns the ledger holding the pre-populated ids."""
     ledger = IdLedger()
     key = (settings.uri, settings.collection)
-    prepare_collection(settings, ledger, owned_here=key in _created)
+    prepare_collection(settings, ledger, owned_here=key in _created, source=_source(settings))
     _created.add(key)
     return ledger
 
@@ -132,7 +148,8 @@ def _on_test_start(environment, **_kwargs) -> None:
             return  # the master runs no users
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = get_bridge().run(open_async_store(settings)) if needs_async else None
-        _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore)
+        _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore,
+                          source=_source(settings))
         logger.info("locust-milvus: target %s, collection %r, weights %s", redact_uri(settings.uri),
                     settings.collection, settings.weights)
         # A full collection of the heap that LangChain, pymilvus and numpy leave after import took 74 ms here,

@@ -16,7 +16,7 @@ from typing import Any
 
 from langchain_milvus import Milvus
 
-from locust_milvus.data import TUTORIAL_QUERIES, IdLedger, make_document, query_text
+from locust_milvus.data import DocSource, IdLedger, number_of
 from locust_milvus.events import OperationFailed
 from locust_milvus.settings import Settings
 
@@ -29,7 +29,8 @@ class RunState:
 
     ``store`` serves sync calls; ``astore`` (None when no async user runs) serves async calls and was built on
     the bridge's loop, because pymilvus binds an async connection to the loop of the thread that made it.
-    ``query_vectors`` are the tutorial's 50 queries embedded once, for the ``*_by_vector`` tasks.
+    ``source`` gives documents and queries (synthetic, or --dataset); ``query_vectors`` are the queries embedded
+    once at start (or the dataset's own vectors), for the ``*_by_vector`` tasks.
     """
 
     settings: Settings
@@ -38,13 +39,19 @@ class RunState:
     astore: Milvus | None = None
     rng: random.Random = field(default_factory=random.Random)
     query_vectors: list[list[float]] = field(default_factory=list)
+    source: DocSource = field(default_factory=DocSource)
 
     def __post_init__(self) -> None:
         chosen = [(TABLE[name], w) for name, w in self.settings.weights.items() if w > 0]
         self._ops = [op for op, _ in chosen]
         self._cum_weights = [sum(w for _, w in chosen[: i + 1]) for i in range(len(chosen))]
+        self.queries = self.source.queries()
         if not self.query_vectors:
-            self.query_vectors = self.store.embeddings.embed_documents(list(TUTORIAL_QUERIES))
+            if self.source.has_vectors:
+                step = max(1, len(self.source.dataset) // 50)
+                self.query_vectors = self.source.dataset.vectors[::step][:50]
+            else:
+                self.query_vectors = self.store.embeddings.embed_documents(self.queries)
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""
@@ -52,6 +59,9 @@ class RunState:
 
     def query_vector(self) -> list[float]:
         return self.rng.choice(self.query_vectors)
+
+    def query_text(self) -> str:
+        return self.rng.choice(self.queries)
 
 
 @dataclass
@@ -105,7 +115,7 @@ class Operation:
 # --- adds: --batch-size tutorial-shaped documents with explicit string ids, owned by this process ----------
 
 def _new_docs(state: RunState):
-    return state.ledger.new_batch(state.settings.batch_size, state.rng)
+    return state.ledger.new_batch(state.settings.batch_size, state.rng, state.source)
 
 
 def _add_documents(state: RunState) -> Call:
@@ -122,8 +132,11 @@ def _add_embeddings(state: RunState) -> Call:
     # The vectors are computed here, outside the timed call: add_embeddings is for callers that embed apart.
     ids, docs = _new_docs(state)
     texts = [d.page_content for d in docs]
-    return Call({"texts": texts, "embeddings": state.store.embeddings.embed_documents(texts),
-                 "metadatas": [d.metadata for d in docs], "ids": ids})
+    if state.source.has_vectors:
+        vectors = [state.source.vector(number_of(i)) for i in ids]
+    else:
+        vectors = state.store.embeddings.embed_documents(texts)
+    return Call({"texts": texts, "embeddings": vectors, "metadatas": [d.metadata for d in docs], "ids": ids})
 
 
 def _added(state: RunState, call: Call, result: list[str]) -> int:
@@ -139,7 +152,7 @@ def _added(state: RunState, call: Call, result: list[str]) -> int:
 def _search(by_vector: bool, mmr: bool = False) -> Callable[[RunState], Call]:
     def prepare(state: RunState) -> Call:
         s = state.settings
-        kwargs: dict = {"embedding": state.query_vector()} if by_vector else {"query": query_text(state.rng)}
+        kwargs: dict = {"embedding": state.query_vector()} if by_vector else {"query": state.query_text()}
         kwargs["k"] = s.top_k
         if mmr:
             kwargs["fetch_k"] = max(s.fetch_k, s.top_k)
@@ -204,8 +217,7 @@ def _upsert(state: RunState) -> Call | None:
     ids = state.ledger.take(state.settings.batch_size)
     if not ids:
         return None
-    numbers = [int(i.rsplit("-", 1)[1]) for i in ids]
-    return Call({"ids": ids, "documents": [make_document(n, state.rng) for n in numbers]})
+    return Call({"ids": ids, "documents": [state.source.document(number_of(i), state.rng) for i in ids]})
 
 
 def _upserted(state: RunState, call: Call, result: None) -> int:

@@ -164,6 +164,26 @@ def add_arguments(parser) -> None:
         help="Output dimensions asked of the model (0: the model's own; default 0).",
     )
 
+    data = parser.add_argument_group(
+        "locust-milvus: data",
+        "Synthetic documents shaped like the tutorials' by default. The file must exist on every worker.",
+    )
+    _option(
+        data,
+        "--dataset", env_var="LOCUST_DATASET", default="",
+        help="JSONL, CSV or Parquet file of documents for adds, pre-population and queries (default: synthetic).",
+    )
+    _option(
+        data,
+        "--dataset-text-column", env_var="LOCUST_DATASET_TEXT_COLUMN", default="text",
+        help="Column holding each document's text (default: text); every other scalar column is metadata.",
+    )
+    _option(
+        data,
+        "--dataset-vector-column", env_var="LOCUST_DATASET_VECTOR_COLUMN", default="vector",
+        help="Optional column of precomputed vectors (default: vector), used instead of embedding where possible.",
+    )
+
     workload = parser.add_argument_group("locust-milvus: workload")
     for name, op in TABLE.items():
         _option(
@@ -281,6 +301,9 @@ def settings_from(environment, host: str | None = None) -> Settings:
         text_field=_field_name(o, "text_field"),
         vector_field=_field_name(o, "vector_field"),
         primary_field=_field_name(o, "primary_field"),
+        dataset=str(o.dataset or "").strip(),
+        dataset_text_column=str(o.dataset_text_column or "text"),
+        dataset_vector_column=str(o.dataset_vector_column or "vector"),
         openai_model=str(o.openai_model or "text-embedding-3-small"),
         openai_dimensions=_as_int(o, "openai_dimensions"),
     )

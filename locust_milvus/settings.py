@@ -46,6 +46,9 @@ class Settings:
     text_field: str = "text"
     vector_field: str = "vector"
     primary_field: str = "pk"
+    dataset: str = ""
+    dataset_text_column: str = "text"
+    dataset_vector_column: str = "vector"
 
     @property
     def store_kwargs(self) -> dict:

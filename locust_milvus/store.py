@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 from langchain_milvus import Milvus
 from pymilvus import DataType, MilvusClient
 
-from locust_milvus.data import SAMPLE_METADATA, IdLedger
+from locust_milvus.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
 from locust_milvus.embeddings import embedding_for
 from locust_milvus.settings import ConfigError, Settings
 
@@ -70,14 +71,14 @@ async def open_async_store(settings: Settings) -> Milvus:
     return open_store(settings)
 
 
-def create_schema(store: Milvus, timeout: float | None = None) -> None:
+def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | None = None) -> None:
     """Create the store's collection (schema, index, load) without writing a row.
 
     LangChain derives the schema from the first insert; ``_init`` (private API) is the one place that creates it
     from one sample embedding and the tutorials' metadata, so --prepopulate 0 works and no timed add pays for
     creating the collection. Its embeddings are field-wise: one list of vectors per vector field.
     """
-    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[SAMPLE_METADATA],
+    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[metadata or SAMPLE_METADATA],
                 timeout=timeout)
 
 
@@ -91,7 +92,8 @@ def _vector_dim(client: MilvusClient, collection: str, vector_field: str) -> int
                       "--vector-field (and --text-field, --primary-field if they differ from LangChain's)")
 
 
-def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = False) -> list[str]:
+def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = False,
+                       source: DocSource | None = None) -> list[str]:
     """Check the target and (re)create the collection, then pre-populate it; run once per test.
 
     ``owned_here``: this process created the collection in an earlier test (a restart from the web UI), so
@@ -105,6 +107,10 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"the {settings.embedding} embedding failed: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    source = source or DocSource()
+    if source.has_vectors and len(source.dataset.vectors[0]) != dim:
+        raise ConfigError(f"--dataset {source.dataset.path}: its vectors have dim {len(source.dataset.vectors[0])} "
+                          f"but the {settings.embedding} embedding gives {dim}: they must match (--dim)")
     try:
         client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
         exists = client.has_collection(settings.collection, timeout=settings.timeout)
@@ -146,13 +152,21 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
     store = _milvus(settings, setup_timeout)
-    create_schema(store, setup_timeout)
+    create_schema(store, setup_timeout, source.sample_metadata)
     rng = random.Random(0)
     written: list[str] = []
+    began = time.perf_counter()
     for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
-        ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng)
-        store.add_documents(docs, ids=ids, timeout=setup_timeout)
+        ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng, source)
+        if source.has_vectors:  # the dataset's own vectors: nothing to embed
+            store.add_embeddings([d.page_content for d in docs], [source.vector(number_of(i)) for i in ids],
+                                 [d.metadata for d in docs], ids=ids, timeout=setup_timeout)
+        else:
+            store.add_documents(docs, ids=ids, timeout=setup_timeout)
         written.extend(ids)
+        elapsed = time.perf_counter() - began
+        logger.info("locust-milvus: pre-populated %d/%d documents (%.0f documents/s)", len(written),
+                    settings.prepopulate, len(written) / elapsed if elapsed else 0.0)
     ledger.added(written)
     logger.info("locust-milvus: collection %r ready on %s (dim %d, %s embedding, %d documents pre-populated)",
                 settings.collection, where, dim, settings.embedding, len(written))

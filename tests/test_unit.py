@@ -28,7 +28,8 @@ def fake_environment(**overrides):
         filter="", metadata_filter="category == 'cat_1'", fetch_k=20, embedding="fake",
         openai_model="text-embedding-3-small", openai_dimensions=0, index_type="AUTOINDEX", metric="L2",
         index_params="", search_params="", partition_key_field="", existing_collection=False, text_field="text",
-        vector_field="vector", primary_field="pk",
+        vector_field="vector", primary_field="pk", dataset="", dataset_text_column="text",
+        dataset_vector_column="vector",
     )
     parsed.update({f"{name}_weight": 0 for name in TABLE if f"{name}_weight" not in parsed})
     parsed.update(overrides)
