@@ -28,8 +28,6 @@ def make_document(n: int, rng: random.Random) -> Document:
     )
 
 
-
-
 def query_text(rng: random.Random) -> str:
     """A search query shaped like the tutorial's."""
     return rng.choice(TUTORIAL_QUERIES)
@@ -63,12 +61,21 @@ class DocSource:
     def vector(self, n: int) -> list[float] | None:
         return self.dataset.vectors[n % len(self.dataset)] if self.has_vectors else None
 
+    QUERIES = 50
+
+    def _spread(self, items: list) -> list:
+        """Up to QUERIES items taken evenly across the dataset."""
+        return items[:: max(1, len(items) // self.QUERIES)][: self.QUERIES]
+
     def queries(self) -> list[str]:
         """Search queries: the tutorial's 50, or up to 50 texts of the dataset (their first 200 characters)."""
         if self.dataset is None:
             return list(TUTORIAL_QUERIES)
-        step = max(1, len(self.dataset) // 50)
-        return [t[:200] for t in self.dataset.texts[::step][:50]]
+        return [t[:200] for t in self._spread(self.dataset.texts)]
+
+    def query_vectors(self) -> list[list[float]] | None:
+        """The dataset's own vectors of the same rows as :meth:`queries`, or None: embed the queries instead."""
+        return self._spread(self.dataset.vectors) if self.has_vectors else None
 
 
 class IdLedger:

@@ -15,6 +15,12 @@ class OperationFailed(Exception):
 _VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{12,}\b|\b[0-9a-f]{8}-[0-9a-f-]{27}\b")
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for a log line or an error a user reads."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def normalise(exc: BaseException) -> Exception:
     """One clear, low-cardinality message per kind of error, so Locust's failure table groups them.
 
@@ -22,9 +28,7 @@ def normalise(exc: BaseException) -> Exception:
     """
     if isinstance(exc, OperationFailed):
         return exc
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = _VOLATILE.sub("<id>", text)[:240]
-    return OperationFailed(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    return OperationFailed(_VOLATILE.sub("<id>", one_line(exc))[:240 + len(type(exc).__name__) + 2])
 
 
 def fire(environment, request_type: str, name: str, elapsed_s: float, length: int, exc: BaseException | None) -> None:

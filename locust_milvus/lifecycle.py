@@ -25,6 +25,7 @@ from dotenv import find_dotenv, load_dotenv
 from locust_milvus.bridge import close_bridge, get_bridge
 from locust_milvus.data import DocSource, IdLedger
 from locust_milvus.dataset import load_dataset
+from locust_milvus.events import one_line
 from locust_milvus.grpc_gevent import make_grpc_cooperative
 from locust_milvus.monitor import monitor
 from locust_milvus.operations import RunState
@@ -71,11 +72,7 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
         except ConfigError as e:
             _fatal(str(e))
         except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
-            _fatal(f"set-up failed: {_one_line(e)}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            _fatal(f"set-up failed: {one_line(e)}")
 
 
 _sources: dict[tuple[str, str, str], DocSource] = {}
@@ -161,7 +158,7 @@ def _on_test_start(environment, **_kwargs) -> None:
     except ConfigError as e:
         _fail_run(environment, str(e))
     except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
-        _fail_run(environment, f"set-up failed: {_one_line(e)}")
+        _fail_run(environment, f"set-up failed: {one_line(e)}")
 
 
 @events.test_stop.add_listener

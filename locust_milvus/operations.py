@@ -8,6 +8,7 @@ entry is a task with its own ``--<name>-weight`` option (options.py reads this t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -42,16 +43,12 @@ class RunState:
     source: DocSource = field(default_factory=DocSource)
 
     def __post_init__(self) -> None:
-        chosen = [(TABLE[name], w) for name, w in self.settings.weights.items() if w > 0]
-        self._ops = [op for op, _ in chosen]
-        self._cum_weights = [sum(w for _, w in chosen[: i + 1]) for i in range(len(chosen))]
+        chosen = {name: w for name, w in self.settings.weights.items() if w > 0}
+        self._ops = [TABLE[name] for name in chosen]
+        self._cum_weights = list(itertools.accumulate(chosen.values()))
         self.queries = self.source.queries()
         if not self.query_vectors:
-            if self.source.has_vectors:
-                step = max(1, len(self.source.dataset) // 50)
-                self.query_vectors = self.source.dataset.vectors[::step][:50]
-            else:
-                self.query_vectors = self.store.embeddings.embed_documents(self.queries)
+            self.query_vectors = self.source.query_vectors() or self.store.embeddings.embed_documents(self.queries)
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""

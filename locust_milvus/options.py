@@ -12,12 +12,23 @@ from locust import events
 import argparse
 
 from locust_milvus.operations import TABLE
-from locust_milvus.settings import ConfigError, Settings, check_uri
+from locust_milvus.settings import ConfigError, Settings, check_uri, is_identifier
 
 # Why the default weights (in operations.py): a RAG service mostly reads. 8 searches to 1 add and 1 delete
 # (both of --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run
 # measures a steady state instead of a growing collection. Every other operation starts at 0.
 DEFAULT_WEIGHTS = {name: op.default_weight for name, op in TABLE.items()}
+# Whole-number workload options: name -> (minimum, default, help). Registered and checked from this one table.
+WHOLE_NUMBERS = {
+    "batch_size": (1, 10, "Documents per add and ids per delete (default: 10)."),
+    "top_k": (1, 3, "k of each similarity search (default: 3, as in the tutorials)."),
+    "fetch_k": (1, 20, "Candidates fetched by the MMR searches before re-ranking to --top-k (default: 20, "
+                       "LangChain's)."),
+    "prepopulate": (0, 1000, "Documents inserted before the users start (default: 1000, as in the tutorials)."),
+    "dim": (1, 128, "Embedding dimension of the offline deterministic embedding (default: 128)."),
+    "async_concurrency": (1, 1, "Operations each AsyncMilvusUser task keeps in flight with asyncio.gather "
+                                "(default: 1)."),
+}
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 
 
@@ -202,36 +213,12 @@ def add_arguments(parser) -> None:
         "--metadata-filter", env_var="LOCUST_METADATA_FILTER", default="category == 'cat_1'",
         help="Expression of the search_by_metadata and get_pks tasks (default: \"category == 'cat_1'\").",
     )
-    _option(
-        workload,
-        "--fetch-k", env_var="LOCUST_FETCH_K", type=_positive_int, default=20,
-        help="Candidates fetched by the MMR searches before re-ranking to --top-k (default: 20, LangChain's).",
-    )
-    _option(
-        workload,
-        "--batch-size", env_var="LOCUST_BATCH_SIZE", type=_positive_int, default=10,
-        help="Documents per add and ids per delete (default: 10).",
-    )
-    _option(
-        workload,
-        "--top-k", env_var="LOCUST_TOP_K", type=_positive_int, default=3,
-        help="k of each similarity search (default: 3, as in the tutorials).",
-    )
-    _option(
-        workload,
-        "--prepopulate", env_var="LOCUST_PREPOPULATE", type=_non_negative_int, default=1000,
-        help="Documents inserted before the users start (default: 1000, as in the tutorials).",
-    )
-    _option(
-        workload,
-        "--dim", env_var="LOCUST_DIM", type=_positive_int, default=128,
-        help="Embedding dimension of the offline deterministic embedding (default: 128).",
-    )
-    _option(
-        workload,
-        "--async-concurrency", env_var="LOCUST_ASYNC_CONCURRENCY", type=_positive_int, default=1,
-        help="Operations each AsyncMilvusUser task keeps in flight with asyncio.gather (default: 1).",
-    )
+    for name, (minimum, default, help_text) in WHOLE_NUMBERS.items():
+        _option(
+            workload,
+            f"--{name.replace('_', '-')}", env_var=f"LOCUST_{name.upper()}",
+            type=_positive_int if minimum else _non_negative_int, default=default, help=help_text,
+        )
 
 
 def _as_int(o, name: str) -> int:
@@ -253,23 +240,23 @@ def settings_from(environment, host: str | None = None) -> Settings:
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
         shown = ", ".join(f"--{TABLE[n].option}-weight {w}" for n, w in weights.items() if w)
         raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown or 'all zero'}")
-    for name in ("batch_size", "top_k", "dim", "async_concurrency", "fetch_k"):
-        if _as_int(o, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
+    counts = {name: _as_int(o, name) for name in WHOLE_NUMBERS}
+    for name, value in counts.items():
+        minimum = WHOLE_NUMBERS[name][0]
+        if value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     existing = bool(o.existing_collection)
     if existing:
         writes = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].writes]
         if writes:
             raise ConfigError(f"--existing-collection is read-only, but {' '.join(writes)} > 0: set them to 0")
-    if _as_int(o, "prepopulate") < 0:
-        raise ConfigError(f"--prepopulate must be >= 0, got {o.prepopulate}")
     try:
         timeout = float(o.milvus_timeout)
     except (TypeError, ValueError):
         timeout = 0.0
     if not timeout > 0:
         raise ConfigError(f"--milvus-timeout must be a number of seconds > 0, got {o.milvus_timeout!r}")
-    if not o.collection or not str(o.collection).replace("_", "a").isalnum() or str(o.collection)[0].isdigit():
+    if not is_identifier(str(o.collection or "")):
         raise ConfigError(
             f"--collection {o.collection!r} is not a valid Milvus collection name: "
             "use letters, digits and underscores, starting with a letter or underscore"
@@ -283,14 +270,9 @@ def settings_from(environment, host: str | None = None) -> Settings:
         timeout=timeout,
         retry_rate_limit=bool(o.milvus_retry_rate_limit),
         weights=weights,
-        batch_size=_as_int(o, "batch_size"),
-        top_k=_as_int(o, "top_k"),
-        prepopulate=_as_int(o, "prepopulate"),
-        dim=_as_int(o, "dim"),
-        async_concurrency=_as_int(o, "async_concurrency"),
         filter=str(o.filter or "").strip(),
         metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
-        fetch_k=_as_int(o, "fetch_k"),
+        **counts,
         embedding=_embedding_choice(o),
         index_type=str(o.index_type or "AUTOINDEX").strip().upper(),
         metric=str(o.metric or "L2").upper(),
@@ -327,7 +309,7 @@ def _json_object(o, name: str) -> dict | None:
 
 def _field_name(o, name: str) -> str:
     value = str(getattr(o, name) or "").strip()
-    if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
+    if not is_identifier(value):
         raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not a valid field name")
     return value
 

@@ -7,6 +7,7 @@ commands (``locust-milvus server``, ``locust-milvus tutorial``) can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 
@@ -67,7 +68,7 @@ class Settings:
             kwargs["enable_dynamic_field"] = True
         return kwargs
 
-    @property
+    @cached_property  # read on every request: built once per run
     def call_kwargs(self) -> dict:
         """Keyword arguments for LangChain calls that pass them to pymilvus: the deadline and the retry policy.
 
@@ -91,3 +92,8 @@ def check_uri(uri: str) -> str:
     except ValueError:
         raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
     return uri.rstrip("/")
+
+
+def is_identifier(name: str) -> bool:
+    """Whether Milvus accepts ``name`` for a collection or field: letters, digits, underscores, no leading digit."""
+    return bool(name) and name.replace("_", "a").isalnum() and not name[0].isdigit()

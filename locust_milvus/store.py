@@ -12,6 +12,7 @@ from pymilvus import DataType, MilvusClient
 
 from locust_milvus.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
 from locust_milvus.embeddings import embedding_for
+from locust_milvus.events import one_line
 from locust_milvus.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,17 @@ async def open_async_store(settings: Settings) -> Milvus:
     return open_store(settings)
 
 
-def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | None = None) -> None:
+def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | None = None,
+                  vector: list[float] | None = None) -> None:
     """Create the store's collection (schema, index, load) without writing a row.
 
     LangChain derives the schema from the first insert; ``_init`` (private API) is the one place that creates it
     from one sample embedding and the tutorials' metadata, so --prepopulate 0 works and no timed add pays for
-    creating the collection. Its embeddings are field-wise: one list of vectors per vector field.
+    creating the collection. Its embeddings are field-wise: one list of vectors per vector field. ``vector``: a
+    sample embedding already made (saves a call to a paid provider).
     """
-    store._init(embeddings=[[store.embedding_func.embed_query("schema")]], metadatas=[metadata or SAMPLE_METADATA],
-                timeout=timeout)
+    vector = vector or store.embedding_func.embed_query("schema")
+    store._init(embeddings=[[vector]], metadatas=[metadata or SAMPLE_METADATA], timeout=timeout)
 
 
 def _vector_dim(client: MilvusClient, collection: str, vector_field: str) -> int | None:
@@ -103,10 +106,10 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     where = redact_uri(settings.uri)
     try:
         # The collection's dimension is the embedding's: --dim for the fake one, the model's for OpenAI.
-        dim = len(embedding_for(settings).embed_query("schema"))
+        probe = embedding_for(settings).embed_query("schema")
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"the {settings.embedding} embedding failed: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConfigError(f"the {settings.embedding} embedding failed: {one_line(exc)}") from None
+    dim = len(probe)
     source = source or DocSource()
     if source.has_vectors and len(source.dataset.vectors[0]) != dim:
         raise ConfigError(f"--dataset {source.dataset.path}: its vectors have dim {len(source.dataset.vectors[0])} "
@@ -120,28 +123,25 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
             "check --host and --milvus-token, or leave --host empty to use the embedded Milvus"
         ) from None
     try:
+        existing = _vector_dim(client, settings.collection, settings.vector_field) if exists else None
+        replace = exists and not settings.existing_collection and (settings.drop_collection or owned_here)
+        if exists and existing != dim and not replace:
+            what = (f"--dim is {dim}" if settings.embedding == "fake"
+                    else f"the {settings.openai_model} vectors have {dim}")
+            raise ConfigError(
+                f"collection {settings.collection!r} has dim {existing} but {what}: use vectors of dim {existing}"
+                + ("" if settings.existing_collection else ", another --collection, or --drop-collection")
+            )
         if settings.existing_collection:
             if not exists:
                 raise ConfigError(f"--existing-collection: collection {settings.collection!r} does not exist on "
                                   f"{where}: check --collection")
-            existing = _vector_dim(client, settings.collection, settings.vector_field)
-            if existing != dim:
-                raise ConfigError(f"collection {settings.collection!r} field {settings.vector_field!r} has dim "
-                                  f"{existing} but the {settings.embedding} embedding gives {dim}: match --dim")
             logger.info("locust-milvus: reading existing collection %r on %s as it is (dim %d, %s embedding)",
                         settings.collection, where, dim, settings.embedding)
             return []
         if exists:
-            existing = _vector_dim(client, settings.collection, settings.vector_field)
-            if settings.drop_collection or owned_here:
+            if replace:
                 client.drop_collection(settings.collection, timeout=settings.timeout)
-            elif existing != dim:
-                what = (f"--dim is {dim}" if settings.embedding == "fake"
-                        else f"the {settings.openai_model} vectors have {dim}")
-                raise ConfigError(
-                    f"collection {settings.collection!r} has dim {existing} but {what}: "
-                    f"use vectors of dim {existing}, another --collection, or --drop-collection to replace it"
-                )
             else:
                 raise ConfigError(
                     f"collection {settings.collection!r} already exists on {where}: pass --drop-collection to "
@@ -152,7 +152,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
     store = _milvus(settings, setup_timeout)
-    create_schema(store, setup_timeout, source.sample_metadata)
+    create_schema(store, setup_timeout, source.sample_metadata, probe)
     rng = random.Random(0)
     written: list[str] = []
     began = time.perf_counter()
