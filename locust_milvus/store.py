@@ -85,6 +85,30 @@ def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | 
     store._init(embeddings=[[vector]], metadatas=[metadata or SAMPLE_METADATA], timeout=timeout)
 
 
+def _check_expressions(client: MilvusClient, settings: Settings) -> None:
+    """Refuse a malformed --filter / --metadata-filter before load (else every search would fail the same way)."""
+    used = {"--filter": settings.filter}
+    if settings.weights.get("search_by_metadata") or settings.weights.get("get_pks"):
+        used["--metadata-filter"] = settings.metadata_filter
+    # pymilvus logs a failed call with its traceback (from child loggers, which inherit this level); the error is
+    # reported once, in one line, by the ConfigError below.
+    pymilvus_log = logging.getLogger("pymilvus")
+    level = pymilvus_log.level
+    pymilvus_log.setLevel(logging.CRITICAL)
+    try:
+        for flag, expr in used.items():
+            if not expr:
+                continue
+            try:
+                client.query(settings.collection, filter=expr, limit=1, output_fields=[settings.primary_field],
+                             timeout=settings.timeout)
+            except Exception as exc:  # noqa: BLE001
+                raise ConfigError(f"{flag} {expr!r} is not a valid expression on collection "
+                                  f"{settings.collection!r}: {one_line(exc)}") from None
+    finally:
+        pymilvus_log.setLevel(level)
+
+
 def _vector_dim(client: MilvusClient, collection: str, vector_field: str) -> int | None:
     for field in client.describe_collection(collection)["fields"]:
         if field["name"] == vector_field:
@@ -136,6 +160,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
             if not exists:
                 raise ConfigError(f"--existing-collection: collection {settings.collection!r} does not exist on "
                                   f"{where}: check --collection")
+            _check_expressions(client, settings)
             logger.info("locust-milvus: reading existing collection %r on %s as it is (dim %d, %s embedding)",
                         settings.collection, where, dim, settings.embedding)
             return []
@@ -153,6 +178,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
     store = _milvus(settings, setup_timeout)
     create_schema(store, setup_timeout, source.sample_metadata, probe)
+    _check_expressions(store.client, settings)
     rng = random.Random(0)
     written: list[str] = []
     began = time.perf_counter()

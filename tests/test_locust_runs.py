@@ -136,6 +136,7 @@ def test_sigkill_of_locust_leaves_no_orphan_server(tmp_path):
         (["--host", "localhost:19530"], "is not a Milvus URI"),
         (["--host", "http://127.0.0.1:1", "--milvus-timeout", "2"], "cannot reach Milvus at http://127.0.0.1:1"),
         (["--batch-size", "0"], "expected a whole number >= 1"),
+        (["--filter", "category =="], "--filter 'category ==' is not a valid expression"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit_before_load(tmp_path, args, message):
