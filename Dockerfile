@@ -28,8 +28,9 @@ COPY locustfiles ./locustfiles
 COPY scenarios ./scenarios
 COPY data ./data
 
-# Locust needs no root. A fixed uid so that volumes and Kubernetes securityContext settings can name it.
-RUN useradd --create-home --uid 1000 locust
+# Locust needs no root. A fixed uid so that volumes and Kubernetes securityContext settings can name it; reports/
+# is its own, so that `--html reports/run.html` works in the container as in a checkout.
+RUN useradd --create-home --uid 1000 locust && mkdir -p reports && chown locust reports
 USER locust
 
 # 8089: the master's web UI; 5557: where workers connect to the master.
