@@ -61,21 +61,20 @@ class DocSource:
     def vector(self, n: int) -> list[float] | None:
         return self.dataset.vectors[n % len(self.dataset)] if self.has_vectors else None
 
-    QUERIES = 50
+    def _spread(self, items: list, n: int) -> list:
+        """Up to ``n`` items taken evenly across the dataset."""
+        return items[:: max(1, len(items) // n)][:n]
 
-    def _spread(self, items: list) -> list:
-        """Up to QUERIES items taken evenly across the dataset."""
-        return items[:: max(1, len(items) // self.QUERIES)][: self.QUERIES]
-
-    def queries(self) -> list[str]:
-        """Search queries: the tutorial's 50, or up to 50 texts of the dataset (their first 200 characters)."""
+    def queries(self, n: int = len(TUTORIAL_QUERIES)) -> list[str]:
+        """``n`` search queries: the tutorial's ("test document i", the first 50 exactly its own), or up to ``n``
+        texts of the dataset (their first 200 characters)."""
         if self.dataset is None:
-            return list(TUTORIAL_QUERIES)
-        return [t[:200] for t in self._spread(self.dataset.texts)]
+            return [f"test document {i}" for i in range(n)]
+        return [t[:200] for t in self._spread(self.dataset.texts, n)]
 
-    def query_vectors(self) -> list[list[float]] | None:
+    def query_vectors(self, n: int = len(TUTORIAL_QUERIES)) -> list[list[float]] | None:
         """The dataset's own vectors of the same rows as :meth:`queries`, or None: embed the queries instead."""
-        return self._spread(self.dataset.vectors) if self.has_vectors else None
+        return self._spread(self.dataset.vectors, n) if self.has_vectors else None
 
 
 class IdLedger:

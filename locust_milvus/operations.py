@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.documents import Document
 from langchain_milvus import Milvus
 
 from locust_milvus.data import DocSource, IdLedger, number_of
+from locust_milvus.embeddings import embed_pool
 from locust_milvus.events import OperationFailed
 from locust_milvus.settings import Settings
 
@@ -30,8 +32,9 @@ class RunState:
 
     ``store`` serves sync calls; ``astore`` (None when no async user runs) serves async calls and was built on
     the bridge's loop, because pymilvus binds an async connection to the loop of the thread that made it.
-    ``source`` gives documents and queries (synthetic, or --dataset); ``query_vectors`` are the queries embedded
-    once at start (or the dataset's own vectors), for the ``*_by_vector`` tasks.
+    ``source`` gives documents and queries (synthetic, or --dataset); ``query_vectors`` are the --query-pool
+    queries embedded once at start (or the dataset's own vectors), for the ``*_by_vector`` tasks; ``corpus`` and
+    ``corpus_vectors`` are the --corpus-pool documents embedded once, for add_embeddings.
     """
 
     settings: Settings
@@ -43,12 +46,22 @@ class RunState:
     source: DocSource = field(default_factory=DocSource)
 
     def __post_init__(self) -> None:
-        chosen = {name: w for name, w in self.settings.weights.items() if w > 0}
+        s = self.settings
+        chosen = {name: w for name, w in s.weights.items() if w > 0}
         self._ops = [TABLE[name] for name in chosen]
         self._cum_weights = list(itertools.accumulate(chosen.values()))
-        self.queries = self.source.queries()
-        if not self.query_vectors:
-            self.query_vectors = self.source.query_vectors() or self.store.embeddings.embed_documents(self.queries)
+        pools = {TABLE[name].pool for name in chosen}
+        self.queries = self.source.queries(s.query_pool)
+        if not self.query_vectors and "query" in pools:
+            self.query_vectors = (self.source.query_vectors(s.query_pool)
+                                  or embed_pool(self.store.embeddings, s, self.queries, "query"))
+        self.corpus: list[Document] = []
+        self.corpus_vectors: list[list[float]] = []
+        if s.corpus_pool and "corpus" in pools and not self.source.has_vectors:
+            rng = random.Random(0)  # the same texts every run, so that the cached vectors are found again
+            self.corpus = [self.source.document(i, rng) for i in range(s.corpus_pool)]
+            self.corpus_vectors = embed_pool(self.store.embeddings, s, [d.page_content for d in self.corpus],
+                                             "corpus")
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""
@@ -86,6 +99,7 @@ class Operation:
     # call arguments. Those that do not still get the deadline through the store (LangChain's self.timeout).
     takes_call_kwargs: bool = True
     writes: bool = False  # changes the collection (refused with --existing-collection)
+    pool: str = ""  # "query": needs the pre-embedded query pool; "corpus": uses the corpus pool when there is one
 
     @property
     def async_method(self) -> str:
@@ -126,13 +140,18 @@ def _add_texts(state: RunState) -> Call:
 
 
 def _add_embeddings(state: RunState) -> Call:
-    # The vectors are computed here, outside the timed call: add_embeddings is for callers that embed apart.
+    # The vectors come from outside the timed call: add_embeddings is for callers that embed apart. They are
+    # the dataset's own, or the --corpus-pool's (embedded once), or else embedded here for each batch.
     ids, docs = _new_docs(state)
-    texts = [d.page_content for d in docs]
     if state.source.has_vectors:
         vectors = [state.source.vector(number_of(i)) for i in ids]
+    elif state.corpus:
+        picks = [number_of(i) % len(state.corpus) for i in ids]
+        docs = [state.corpus[p] for p in picks]
+        vectors = [state.corpus_vectors[p] for p in picks]
     else:
-        vectors = state.store.embeddings.embed_documents(texts)
+        vectors = state.store.embeddings.embed_documents([d.page_content for d in docs])
+    texts = [d.page_content for d in docs]
     return Call({"texts": texts, "embeddings": vectors, "metadatas": [d.metadata for d in docs], "ids": ids})
 
 
@@ -257,20 +276,20 @@ TABLE: dict[str, Operation] = {
                   help="add: add_documents of --batch-size documents"),
         Operation("add_texts", "add_texts", _add_texts, _added, writes=True,
                   help="add_texts: texts, metadatas and ids"),
-        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, writes=True,
+        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, writes=True, pool="corpus",
                   help="add_embeddings: texts with vectors computed before the timed call"),
         Operation("search", "similarity_search", _search(by_vector=False), _found, default_weight=8,
                   help="search: similarity_search(query, k=--top-k)"),
-        Operation("search_by_vector", "similarity_search_by_vector", _search(by_vector=True), _found,
+        Operation("search_by_vector", "similarity_search_by_vector", _search(by_vector=True), _found, pool="query",
                   help="search_by_vector: similarity_search_by_vector with a pre-embedded query"),
         Operation("search_with_score", "similarity_search_with_score", _search(by_vector=False), _found,
                   help="search_with_score: similarity_search_with_score(query)"),
         Operation("search_with_score_by_vector", "similarity_search_with_score_by_vector", _search(by_vector=True),
-                  _found, help="search_with_score_by_vector: with a pre-embedded query"),
+                  _found, pool="query", help="search_with_score_by_vector: with a pre-embedded query"),
         Operation("mmr", "max_marginal_relevance_search", _search(by_vector=False, mmr=True), _found,
                   help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
         Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
-                  _found, help="mmr_by_vector: MMR search with a pre-embedded query"),
+                  _found, pool="query", help="mmr_by_vector: MMR search with a pre-embedded query"),
         Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1, writes=True,
                   help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),
         Operation("upsert", "upsert", _upsert, _upserted, _give_back, writes=True,

@@ -50,6 +50,9 @@ class Settings:
     dataset: str = ""
     dataset_text_column: str = "text"
     dataset_vector_column: str = "vector"
+    query_pool: int = 50
+    corpus_pool: int = 0
+    embedding_cache: str = ""
 
     @property
     def store_kwargs(self) -> dict:

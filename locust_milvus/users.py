@@ -1,7 +1,9 @@
 """The Locust users: SyncMilvusUser (sync LangChain calls) and AsyncMilvusUser (async calls on the bridge).
 
 Each task iteration picks an operation from the table (operations.py) by its weight, times the LangChain
-call alone with ``time.perf_counter()`` and fires one request event per operation (events.py).
+call alone with ``time.perf_counter()`` and fires one request event per operation (events.py). With a remote
+embedding provider, the embedding calls made inside the operation are fired as requests of their own and their
+time is taken out of the operation's (embeddings.py), so the operation's figure is the Milvus side.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gevent
 
 from locust_milvus import lifecycle
 from locust_milvus.bridge import get_bridge
+from locust_milvus.embeddings import embedding_calls
 from locust_milvus.events import ASYNC, SYNC, fire
 from locust_milvus.monitor import monitor
 from locust_milvus.operations import Call, Operation, RunState
@@ -57,32 +60,43 @@ class SyncMilvusUser(MilvusUser):
         method = getattr(state.store, op.method)
         result, exc = None, None
         monitor.enter(SYNC)
-        start = time.perf_counter()
-        try:
-            result = method(**op.call_kwargs(state, call))
-        except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
-            exc = e
-        finally:
-            elapsed = time.perf_counter() - start
-            monitor.leave(SYNC)
+        with embedding_calls() as embeds:
+            start = time.perf_counter()
+            try:
+                result = method(**op.call_kwargs(state, call))
+            except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
+                exc = e
+            finally:
+                elapsed = time.perf_counter() - start
+                monitor.leave(SYNC)
         length, exc = op.complete(state, call, result, exc)
-        fire(self.environment, SYNC, op.name, elapsed, length, exc)
+        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds)
+
+
+def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds) -> None:
+    """The operation's event, after one event per embedding call it made (their time taken out of its own)."""
+    for e in embeds:
+        fire(environment, mode, e.name, e.elapsed_s, 0, e.exc)
+        elapsed -= e.elapsed_s
+    fire(environment, mode, name, elapsed, length, exc)
 
 
 async def _timed(state: RunState, op: Operation, call: Call):
     """One async call, timed inside the coroutine so the bridge's wake-up is not in the figure."""
     method = getattr(state.astore, op.async_method)
     monitor.enter(ASYNC)
-    start = time.perf_counter()
-    try:
-        result = await method(**op.call_kwargs(state, call))
-        return result, time.perf_counter() - start, None
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
-        return None, time.perf_counter() - start, e
-    finally:
-        monitor.leave(ASYNC)
+    # gather runs this coroutine in its own task, so the embedding calls collected here are this call's only.
+    with embedding_calls() as embeds:
+        start = time.perf_counter()
+        try:
+            result = await method(**op.call_kwargs(state, call))
+            return result, time.perf_counter() - start, None, embeds
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
+            return None, time.perf_counter() - start, e, embeds
+        finally:
+            monitor.leave(ASYNC)
 
 
 async def _gather(state: RunState, op: Operation, batch: list[Call]):
@@ -103,6 +117,6 @@ class AsyncMilvusUser(MilvusUser):
             gevent.sleep(SKIP_PAUSE_S)
             return
         outcomes = get_bridge().run(_gather(state, op, batch))
-        for call, (result, elapsed, exc) in zip(batch, outcomes, strict=True):
+        for call, (result, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
-            fire(self.environment, ASYNC, op.name, elapsed, length, exc)
+            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds)

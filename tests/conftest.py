@@ -83,8 +83,8 @@ def run_locust(*args: str, env: dict | None = None, timeout: float = 180) -> Loc
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(env))
     except subprocess.TimeoutExpired as e:  # keep what it printed: a hang is worth diagnosing
-        printed = (e.stdout or b"") + (e.stderr or b"")
-        printed = printed.decode(errors="replace") if isinstance(printed, bytes) else printed
+        printed = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                          for part in (e.stdout or "", e.stderr or ""))
         pytest.fail(f"locust did not finish in {timeout} s; it printed:\n{printed[-4000:]}")
     return LocustResult(proc.returncode, proc.stdout + proc.stderr)
 

@@ -1,10 +1,11 @@
 """An OpenAI-compatible embeddings endpoint on localhost, for tests of the real langchain-openai code path.
 
-    python tests/fake_openai_server.py PORT KEY
+    python tests/fake_openai_server.py PORT KEY [DELAY_MS]
 
 POST /v1/embeddings answers like OpenAI's API (float or base64 encoding), with vectors derived from a hash of
 each text (deterministic), of ``dimensions`` (default 64). Requests without ``Authorization: Bearer KEY`` get
-401. It counts requests at GET /stats.
+401. Each embeddings answer waits DELAY_MS first (default 0), like a remote provider. It counts requests at
+GET /stats.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import struct
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REQUESTS = {"embeddings": 0}
@@ -30,6 +32,7 @@ def vector(text: str, dim: int) -> list[float]:
 
 class Handler(BaseHTTPRequestHandler):
     key = ""
+    delay_s = 0.0
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -54,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": "not found"}})
             return
         REQUESTS["embeddings"] += 1
+        time.sleep(self.delay_s)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dim = int(body.get("dimensions") or 64)
         data = []
@@ -70,6 +74,7 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     Handler.key = sys.argv[2]
+    Handler.delay_s = float(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     print("ready", flush=True)
     server.serve_forever()

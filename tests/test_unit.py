@@ -21,19 +21,14 @@ from .conftest import LOCUSTFILE, ROOT, make_settings
 
 
 def fake_environment(**overrides):
-    parsed = dict(
-        host="http://127.0.0.1:19530", milvus_token="", collection="c", drop_collection=False,
-        consistency_level="Session", milvus_timeout=10.0, milvus_retry_rate_limit=False, add_weight=1,
-        search_weight=8, delete_weight=1, batch_size=10, top_k=3, prepopulate=1000, dim=128, async_concurrency=1,
-        filter="", metadata_filter="category == 'cat_1'", fetch_k=20, embedding="fake",
-        openai_model="text-embedding-3-small", openai_dimensions=0, index_type="AUTOINDEX", metric="L2",
-        index_params="", search_params="", partition_key_field="", existing_collection=False, text_field="text",
-        vector_field="vector", primary_field="pk", dataset="", dataset_text_column="text",
-        dataset_vector_column="vector",
-    )
-    parsed.update({f"{name}_weight": 0 for name in TABLE if f"{name}_weight" not in parsed})
-    parsed.update(overrides)
-    return SimpleNamespace(host=None, parsed_options=SimpleNamespace(**parsed))
+    """An environment whose parsed options are the real parser's defaults (our listener registered), overridden."""
+    from locust.argument_parser import get_parser
+
+    parsed = get_parser(default_config_files=[]).parse_args(["-f", str(LOCUSTFILE)])
+    parsed.host = "http://127.0.0.1:19530"
+    for name, value in overrides.items():
+        setattr(parsed, name, value)
+    return SimpleNamespace(host=None, parsed_options=parsed)
 
 
 def test_settings_defaults_are_read():

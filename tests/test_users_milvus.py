@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from locust.env import Environment
 
+import dataclasses
 import os
 import signal
 import time
@@ -30,6 +31,8 @@ def build_state(settings) -> RunState:
     ledger = IdLedger()
     prepare_collection(settings, ledger)
     astore = get_bridge().run(open_async_store(settings))
+    # Every operation weighted, so that the pools every operation may use are built (tests call any of them).
+    settings = dataclasses.replace(settings, weights={name: 1 for name in TABLE})
     return RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore)
 
 
