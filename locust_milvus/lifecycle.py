@@ -18,6 +18,7 @@ from locust.runners import MasterRunner, WorkerRunner
 import atexit
 import gc
 import logging
+import random
 
 import gevent
 from dotenv import find_dotenv, load_dotenv
@@ -136,7 +137,9 @@ def _on_test_start(environment, **_kwargs) -> None:
     try:
         settings = settings_from(environment)
         if isinstance(runner, WorkerRunner):
-            ledger = IdLedger()
+            # Ids carry the worker's index, so each worker owns its own documents: its deletes and upserts take
+            # ids from its own ledger only and never touch another worker's (or the pre-populated) documents.
+            ledger = IdLedger(prefix=f"w{runner.worker_index}-{random.getrandbits(32):08x}")
         elif _prepared is not None:  # done at init, before Locust's run-time clock started
             ledger, _prepared = _prepared, None
         else:

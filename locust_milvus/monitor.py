@@ -29,6 +29,9 @@ class Monitor:
         self._ticker: gevent.Greenlet | None = None
         self._runner = None
         self._cpu_start = 0.0
+        self.requests = 0
+        self.failures = 0
+        self._listening: set[int] = set()
 
     # enter/leave are called from the hub thread for sync calls and from the loop thread for async ones;
     # each mode's counter is written by one thread only.
@@ -41,8 +44,19 @@ class Monitor:
     def leave(self, mode: str) -> None:
         self.in_flight[mode] -= 1
 
+    def _count(self, exception=None, **_kwargs) -> None:
+        self.requests += 1
+        if exception is not None:
+            self.failures += 1
+
     def start(self, runner) -> None:
         self._runner = runner
+        # This process's own request count, logged at stop: in a distributed run the master's totals must be the
+        # sum of the workers' (the distributed tests check that).
+        if id(runner.environment) not in self._listening:
+            runner.environment.events.request.add_listener(self._count)
+            self._listening.add(id(runner.environment))
+        self.requests = self.failures = 0
         self.peak = {SYNC: 0, ASYNC: 0}
         self.max_hub_lag_s = 0.0
         self._cpu_start = time.process_time()
@@ -63,8 +77,10 @@ class Monitor:
             self._ticker = None
         # process_time covers every thread of the process: the hub, the asyncio loop and gRPC's own threads.
         logger.info(
-            "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f cpu_s=%.3f",
+            "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f cpu_s=%.3f "
+            "requests=%d failures=%d",
             self.peak[SYNC], self.peak[ASYNC], self.max_hub_lag_s * 1000, time.process_time() - self._cpu_start,
+            self.requests, self.failures,
         )
 
 

@@ -35,6 +35,15 @@ class EmbeddedServerError(RuntimeError):
     """The embedded Milvus could not be started (the message says why and where its logs are)."""
 
 
+class _ExitedAtStart(EmbeddedServerError):
+    """The server process died before it was healthy (e.g. a port it was given was taken meanwhile)."""
+
+
+# Free ports are probed, then handed to the server, which binds them a moment later: another server starting on
+# the same host in that window can take one, and ours then exits at start. Fresh ports on a second try fix it.
+START_ATTEMPTS = 3
+
+
 # Started with os.posix_spawn, never fork: our process has gRPC threads running, and gRPC's fork handlers abort a
 # forked child before it can exec (seen here as SIGABRT with "epoll_wait error: Bad file descriptor"; the same
 # family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. The child is a tiny Python shim
@@ -132,14 +141,23 @@ class EmbeddedMilvus:
                 "the embedded Milvus needs the 'milvus' wheel (x86_64 Linux/macOS): pip install milvus, "
                 "or give --host http://HOST:19530"
             ) from None
-        if self._data_dir is None:
-            self._data_dir = Path(tempfile.mkdtemp(prefix="locust-milvus-"))
-        try:
-            self._launch(milvus)
-            self._wait_healthy(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        fixed_port = self._port is not None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if self._data_dir is None:
+                self._data_dir = Path(tempfile.mkdtemp(prefix="locust-milvus-"))
+            try:
+                self._launch(milvus)
+                self._wait_healthy(timeout)
+                break
+            except _ExitedAtStart as e:
+                self.stop()
+                if fixed_port or attempt == START_ATTEMPTS:
+                    raise
+                logger.warning("embedded Milvus exited at start (%s); trying again on other ports", e)
+                self._port = None
+            except BaseException:
+                self.stop()
+                raise
         logger.info("embedded Milvus %s ready at %s (pid %s, data %s)", milvus.__version__, self.uri, self.pid,
                     self._data_dir)
         return self.uri
@@ -222,7 +240,7 @@ class EmbeddedMilvus:
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
-                raise EmbeddedServerError(
+                raise _ExitedAtStart(
                     f"embedded Milvus exited with code {code} before it was ready; last output: "
                     f"{self._last_output()!r} (pass --embedded-data DIR to keep its logs)"
                 )
