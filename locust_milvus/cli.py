@@ -2,7 +2,8 @@
 
 ``locust-milvus server [--port P] [--data DIR]`` runs the embedded Milvus in the foreground and prints its URI
 once it is ready. ``locust-milvus tutorial [--host URI] [--counts 10,100,1000]`` reproduces the LangChain
-tutorial's sync-versus-async table (see tutorial.py). Load tests themselves run through
+tutorial's sync-versus-async table (see tutorial.py). ``locust-milvus compare DIR_A DIR_B [--out DIR]`` puts two
+report folders side by side (report/compare.py). Load tests themselves run through
 ``locust -f locustfiles/langchain_milvus.py``.
 """
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     tutorial.add_argument("--counts", default="10,100,1000", help="operation counts (default: 10,100,1000)")
     tutorial.add_argument("--dim", type=int, default=128, help="embedding dimension (default: 128)")
     tutorial.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>-tutorial)")
+    compare = sub.add_parser("compare", help="compare two report folders side by side (tables and plots)")
+    compare.add_argument("dir_a", help="a report folder (reports/<timestamp>-<name>/)")
+    compare.add_argument("dir_b", help="the report folder to compare with it")
+    compare.add_argument("--out", default=None, help="output folder (default: reports/<timestamp>-compare)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.command == "server":
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.port, args.data)
     if args.command == "tutorial":
         return _tutorial(parser, args)
+    if args.command == "compare":
+        return _compare(args)
     return 2
 
 
@@ -72,6 +79,19 @@ def _tutorial(parser: argparse.ArgumentParser, args) -> int:
             server.stop()
     table, chart = write_report(rows, target, out)
     print(f"written: {table} and {chart}")
+    return 0
+
+
+def _compare(args) -> int:
+    from locust_milvus.report.compare import compare_folders
+    from locust_milvus.settings import ConfigError
+
+    try:
+        files = compare_folders(args.dir_a, args.dir_b, args.out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"written: {', '.join(str(f) for f in files)}")
     return 0
 
 

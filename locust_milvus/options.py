@@ -12,6 +12,7 @@ from locust import events
 import argparse
 
 from locust_milvus.operations import TABLE
+from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
 from locust_milvus.settings import ConfigError, Settings, check_uri, is_identifier
 
 # Why the default weights (in operations.py): a RAG service mostly reads. 8 searches to 1 add and 1 delete
@@ -28,8 +29,14 @@ WHOLE_NUMBERS = {
     "dim": (1, 128, "Embedding dimension of the offline deterministic embedding (default: 128)."),
     "async_concurrency": (1, 1, "Operations each AsyncMilvusUser task keeps in flight with asyncio.gather "
                                 "(default: 1)."),
+    "query_pool": (1, 50, "Queries embedded once at start (cached on disk for a remote provider) for the "
+                          "*_by_vector searches; the text searches pick from the same texts (default: 50, the "
+                          "tutorial's)."),
+    "corpus_pool": (0, 0, "Documents embedded once at start (cached on disk for a remote provider) that "
+                          "add_embeddings then inserts without embedding per request (default: 0, off)."),
 }
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+DEFAULT_EMBEDDING_CACHE = "~/.cache/locust-milvus"
 
 
 def _non_negative_int(text: str) -> int:
@@ -174,6 +181,12 @@ def add_arguments(parser) -> None:
         "--openai-dimensions", env_var="LOCUST_OPENAI_DIMENSIONS", type=_non_negative_int, default=0,
         help="Output dimensions asked of the model (0: the model's own; default 0).",
     )
+    _option(
+        embedding,
+        "--embedding-cache", env_var="LOCUST_EMBEDDING_CACHE", default=DEFAULT_EMBEDDING_CACHE,
+        help="Folder where --query-pool and --corpus-pool vectors of a remote provider are cached, keyed by "
+        f"provider, model, dimension and texts (default: {DEFAULT_EMBEDDING_CACHE}; empty: no cache).",
+    )
 
     data = parser.add_argument_group(
         "locust-milvus: data",
@@ -219,6 +232,40 @@ def add_arguments(parser) -> None:
             f"--{name.replace('_', '-')}", env_var=f"LOCUST_{name.upper()}",
             type=_positive_int if minimum else _non_negative_int, default=default, help=help_text,
         )
+
+    report = parser.add_argument_group(
+        "locust-milvus: reports and checks",
+        "Every test writes REPORTS_DIR/<timestamp>-<name>/. A --check-* gate that fails makes the exit code "
+        f"{GATE_EXIT_CODE}. Values: [OPERATION[@sync|@async]=]VALUE items separated by commas; no operation means "
+        "every operation.",
+    )
+    _option(
+        report,
+        "--reports-dir", env_var="LOCUST_REPORTS_DIR", default="reports",
+        help="Folder under which each test's report folder is written (default: reports).",
+    )
+    _option(
+        report,
+        "--report-name", env_var="LOCUST_REPORT_NAME", default="",
+        help="Name part of the report folder (default: the --config file's name without .conf, else 'run').",
+    )
+    for metric, percentile in LATENCY_METRICS.items():
+        _option(
+            report,
+            f"--check-{metric}", env_var=f"LOCUST_CHECK_{metric.upper()}", default="",
+            help=f"Maximum p{percentile:g} latency, e.g. '50ms', 'search=5ms,add=200ms' or 'search@async=5ms' "
+            "(us, ms or s; a bare number is ms).",
+        )
+    _option(
+        report,
+        "--check-fail-ratio", env_var="LOCUST_CHECK_FAIL_RATIO", default="",
+        help="Maximum share of failed requests, e.g. '0.01', '1%%' or 'add=0.05'.",
+    )
+    _option(
+        report,
+        "--check-rps", env_var="LOCUST_CHECK_RPS", default="",
+        help="Minimum requests per second, e.g. 'add=100' or '50' (every operation).",
+    )
 
 
 def _as_int(o, name: str) -> int:
@@ -288,6 +335,7 @@ def settings_from(environment, host: str | None = None) -> Settings:
         dataset_vector_column=str(o.dataset_vector_column or "vector"),
         openai_model=str(o.openai_model or "text-embedding-3-small"),
         openai_dimensions=_as_int(o, "openai_dimensions"),
+        embedding_cache=str(o.embedding_cache or "").strip(),
     )
 
 

@@ -1,0 +1,273 @@
+"""Locust event listeners of the report (the locustfile imports this module; nothing else here imports Locust).
+
+- init: every process that runs users records each request (histograms.Recorder); a worker sends what it
+  recorded in each ``report_to_master`` and a master merges it in ``worker_report``. On the master or local
+  runner the ``--check-*`` thresholds and ``--reports-dir`` are checked here, before the embedded Milvus starts
+  or set-up runs (the locustfile imports this module before lifecycle, so this init listener runs first): a bad
+  one stops the run with one line and exit code 1.
+- test_start (master or local runner): a new report folder; Locust's CSV writer starts writing into it.
+- test_stop: in the web UI, each test's folder is written when it stops (on a master a little later, once the
+  workers' last reports are in). Headless runs write it at quitting, after the workers' final reports.
+- quitting: write what is pending, then the exit code: 3 when a gate failed (gates.GATE_EXIT_CODE).
+"""
+
+from __future__ import annotations
+
+import locust
+from locust import events
+from locust import stats as locust_stats
+from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
+
+import csv
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent
+
+from locust_milvus.operations import TABLE
+from locust_milvus.report import folder as report_folder
+from locust_milvus.report import gates, summary
+from locust_milvus.report.histograms import Recorder
+from locust_milvus.settings import ConfigError
+
+logger = logging.getLogger("locust_milvus")
+PAYLOAD_KEY = "locust_milvus_report"
+CHECK_OPTIONS = {metric: f"check_{metric}" for metric in gates.METRICS}  # metric -> parsed_options attribute
+# Request names besides the operations': the embedding provider's calls, reported apart (embeddings.py).
+OTHER_REQUEST_NAMES = ("embed_query", "embed_documents")
+# Locust's own files in the folder (its --csv naming under this prefix) and its HTML report.
+CSV_PREFIX = "locust"
+LOCUST_HTML = "report.html"
+
+recorder = Recorder()
+
+
+@dataclass
+class _Test:
+    """One test (start to stop) on the master or local runner, and its folder."""
+
+    folder: Path
+    name: str
+    started_s: float
+    stopped_s: float | None = None
+    csv_writer: object = None
+    csv_greenlet: gevent.Greenlet | None = None
+    pending_write: gevent.Greenlet | None = None
+    written: bool = False
+    workers: int = 0  # on a master, the workers when the test started (they are gone by quitting)
+
+
+_test: _Test | None = None
+_gate_failed = False
+_environment = None  # spawning_complete does not pass it
+
+
+def _fatal(message: str) -> None:
+    logger.error("locust-milvus: %s", message)
+    raise SystemExit(1)
+
+
+def parse_gates(options) -> list[gates.Gate]:
+    """The run's gates; raises ConfigError (one line) for a value that cannot be read."""
+    known = set(TABLE) | set(OTHER_REQUEST_NAMES)
+    return gates.parse_all({m: str(getattr(options, attr, "") or "") for m, attr in CHECK_OPTIONS.items()}, known)
+
+
+@events.init.add_listener
+def _on_init(environment, runner=None, **_kwargs) -> None:
+    global _environment
+    _environment = environment
+    if isinstance(runner, WorkerRunner):
+        environment.events.request.add_listener(recorder.record)
+        environment.events.report_to_master.add_listener(_on_report_to_master)
+        return
+    if isinstance(runner, MasterRunner):
+        environment.events.worker_report.add_listener(_on_worker_report)
+    else:
+        environment.events.request.add_listener(recorder.record)
+    environment.events.reset_stats.add_listener(recorder.reset)  # the web UI's "reset stats"
+    if environment.parsed_options is None:
+        return
+    try:
+        parse_gates(environment.parsed_options)
+        report_folder.check_reports_dir(environment.parsed_options.reports_dir)
+    except ConfigError as e:
+        _fatal(str(e))
+
+
+def _on_report_to_master(client_id, data: dict, **_kwargs) -> None:
+    data[PAYLOAD_KEY] = recorder.drain()
+
+
+def _on_worker_report(client_id, data: dict, **_kwargs) -> None:
+    payload = data.get(PAYLOAD_KEY)
+    if payload:
+        recorder.merge(payload)
+
+
+@events.spawning_complete.add_listener
+def _on_spawning_complete(**_kwargs) -> None:
+    # Locust's --reset-stats empties its statistics once all users are running; ours follow, or the counts of
+    # the summary and of Locust's CSV would disagree.
+    if _environment is not None and _environment.reset_stats:
+        recorder.reset()
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kwargs) -> None:
+    global _test
+    if isinstance(environment.runner, WorkerRunner):
+        recorder.reset()
+        return
+    if _test is not None and not _test.written:  # a web UI test restarted before its folder was written
+        _write(environment, _test)
+    recorder.reset()
+    o = environment.parsed_options
+    try:  # values typed into the web UI's form arrive here
+        parse_gates(o)
+        name = report_folder.report_name(getattr(o, "report_name", ""), getattr(o, "config", None))
+        test = _Test(folder=report_folder.new_folder(o.reports_dir, name), name=name, started_s=time.time())
+    except ConfigError as e:
+        logger.error("locust-milvus: %s", e)
+        _test = None
+        gevent.spawn(environment.runner.stop)
+        return
+    # Locust chose its CSV writer before init, from --csv; ours is one more writer of the same files into the
+    # folder, whatever --csv says (the folder is complete either way).
+    test.csv_writer = locust_stats.StatsCSVFileWriter(
+        environment, locust_stats.PERCENTILES_TO_REPORT, str(test.folder / CSV_PREFIX),
+        full_history=bool(getattr(o, "stats_history_enabled", False)),
+    )
+    test.csv_greenlet = gevent.spawn(test.csv_writer.stats_writer)
+    if isinstance(environment.runner, MasterRunner):
+        test.workers = environment.runner.worker_count
+    _test = test
+    logger.info("locust-milvus: this test's report folder is %s", test.folder)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment, **_kwargs) -> None:
+    test = _test
+    if isinstance(environment.runner, WorkerRunner) or test is None or test.written:
+        return
+    test.stopped_s = time.time()
+    if environment.parsed_options is not None and environment.parsed_options.headless:
+        return  # written at quitting, once the workers' final reports are in
+    if isinstance(environment.runner, MasterRunner):
+        # Workers report every WORKER_REPORT_INTERVAL s; their last requests arrive after test_stop.
+        test.pending_write = gevent.spawn_later(WORKER_REPORT_INTERVAL + 0.5, _write, environment, test)
+    else:
+        _write(environment, test)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    test = _test
+    if test is not None and not test.written:
+        if test.stopped_s is None:
+            test.stopped_s = time.time()
+        _write(environment, test)
+    try:
+        configured = bool(parse_gates(environment.parsed_options))
+    except ConfigError:
+        configured = True  # refused at test start, and no test was judged
+    if configured and test is None:
+        logger.error("CHECK FAILED: no test ran, so no --check-* threshold was judged")
+    failed = _gate_failed or (configured and test is None)
+    if failed and not environment.process_exit_code:  # a set-up failure (exit code 1) keeps its own code
+        environment.process_exit_code = gates.GATE_EXIT_CODE
+        logger.error("locust-milvus: a --check-* gate failed: exit code %d", gates.GATE_EXIT_CODE)
+
+
+def _write(environment, test: _Test) -> None:
+    """Judge the gates on the test's figures, print the CHECK lines, then write the folder."""
+    global _gate_failed
+    if test.written:
+        return
+    test.written = True
+    if test.pending_write is not None and test.pending_write is not gevent.getcurrent():
+        test.pending_write.kill(block=False)
+    o = environment.parsed_options
+    data = summary.build(recorder, name=test.name, started_s=test.started_s,
+                         stopped_s=test.stopped_s or time.time(), config=_config(environment),
+                         meta=_meta(environment, test))
+    try:
+        outcomes = gates.evaluate(parse_gates(o), data["rows"])
+    except ConfigError as e:  # the web UI's form changed a value mid-test
+        logger.error("locust-milvus: %s", e)
+        outcomes = []
+    data["checks"] = [outcome.as_dict() for outcome in outcomes]
+    for outcome in outcomes:
+        (logger.info if outcome.passed else logger.error)(outcome.line)
+    _gate_failed = _gate_failed or not all(outcome.passed for outcome in outcomes)
+    try:
+        scrub = _scrubber(o)
+        _write_locust_files(environment, test, scrub)
+        report_folder.write_run(test.folder, data, scrub)
+        logger.info("locust-milvus: report written to %s (summary.html, summary.md, summary.json, %s, %s_*.csv)",
+                    test.folder, LOCUST_HTML, CSV_PREFIX)
+    except Exception as e:  # noqa: BLE001 - a report that cannot be written must not hide the run's result
+        logger.error("locust-milvus: the report could not be written to %s: %s: %s", test.folder,
+                     type(e).__name__, e)
+
+
+def _write_locust_files(environment, test: _Test, scrub) -> None:
+    """Locust's HTML report and its final CSVs, with Locust's own functions."""
+    from locust.html import get_html_report
+
+    if test.csv_greenlet is not None:
+        test.csv_greenlet.kill(block=True)
+        test.csv_writer.close_files()  # keeps the per-second history it appended
+    # The writer rewrites stats, failures and exceptions once a second; write them once more, final.
+    final = locust_stats.StatsCSV(environment, locust_stats.PERCENTILES_TO_REPORT)
+    for suffix, method in (("stats", final.requests_csv), ("failures", final.failures_csv),
+                           ("exceptions", final.exceptions_csv)):
+        with open(test.folder / f"{CSV_PREFIX}_{suffix}.csv", "w", newline="") as f:
+            method(csv.writer(f))
+    (test.folder / LOCUST_HTML).write_text(scrub(get_html_report(environment, show_download_link=False)),
+                                           encoding="utf-8")
+
+
+def _config(environment) -> dict:
+    options = dict(vars(environment.parsed_options)) if environment.parsed_options is not None else {}
+    if environment.host:  # the embedded Milvus's URI is set at init, after parsing
+        options["host"] = environment.host
+    return summary.redacted_config(options)
+
+
+def _meta(environment, test: _Test) -> dict:
+    from locust_milvus.store import redact_uri
+
+    runner = environment.runner
+    o = environment.parsed_options
+    if isinstance(runner, MasterRunner):
+        kind = f"master with {test.workers} workers"
+    else:
+        kind = "local runner"
+    return {
+        "host": redact_uri(environment.host) if environment.host else None,
+        "runner": kind,
+        "user_classes": sorted(cls.__name__ for cls in environment.user_classes),
+        "users": getattr(o, "num_users", None),
+        "locust_version": locust.__version__,
+    }
+
+
+def _scrubber(options):
+    """Belt and braces over the redaction of the configuration: the token and the OpenAI key (when set) are
+    replaced in every text file written, wherever they might have crept in (a host name, a collection name)."""
+    # Shorter strings are left alone: replacing "ab" everywhere would mangle the files (and the configuration
+    # shows no token whatever its length).
+    secrets = [s for s in (getattr(options, "milvus_token", ""), os.environ.get("OPENAI_API_KEY", "")) if len(s) >= 6]
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, summary.REDACTED)
+        return text
+
+    return scrub

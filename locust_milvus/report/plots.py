@@ -1,0 +1,93 @@
+"""PNG charts of a summary: latency percentiles per operation, and throughput over time.
+
+Figures are drawn with matplotlib's object API on the Agg canvas, not pyplot: no global figure state and no GUI
+backend, in a locust process as in ``locust-milvus compare``. matplotlib is imported when a chart is drawn (about
+0.5 s), never at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS
+
+MAX_LINES = 10  # throughput lines beyond this many (the smallest by requests) would be unreadable
+DPI = 100
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def latency_chart(groups: list[str], sides: dict[str, dict[str, dict]], path: Path, title: str) -> Path:
+    """One panel per percentile (p50 .. p99.9): for each group (an operation), one bar per side.
+
+    ``sides`` maps a side's label (``sync``, ``async``, a run's name) to {group: summary row}; a group a side
+    lacks has no bar. Log scale: searches of 2 ms and deletes of 300 ms share a panel.
+    """
+    keys = list(PERCENTILE_KEYS.values())
+    fig = _figure(max(8.0, 2.2 * len(keys) + 0.4 * len(groups) * len(keys)), 4.2)
+    axes = fig.subplots(1, len(keys), sharey=True)
+    width = 0.8 / max(len(sides), 1)
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (label, rows) in enumerate(sides.items()):
+            xs = [g + (i - (len(sides) - 1) / 2) * width for g in range(len(groups))]
+            ys = [(rows.get(group) or {}).get(f"{key}_ms") or 0.0 for group in groups]
+            ax.bar(xs, ys, width, label=label)
+        ax.set_title(PERCENTILE_LABELS[key])
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].set_ylabel("milliseconds (log scale)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def throughput_chart(lines: dict[str, tuple[list[float], list[float], list[float]]], path: Path, title: str) -> Path:
+    """Requests per second over time: ``lines`` maps a label to (seconds since start, requests/s, failures/s).
+
+    Failures, when a line has any, are drawn dashed in the same colour. Per-second counts are plotted as they are
+    (no smoothing); the first and last seconds are partial.
+    """
+    fig = _figure(10.0, 4.2)
+    ax = fig.subplots()
+    for label, (xs, ok, failed) in list(lines.items())[:MAX_LINES]:
+        (line,) = ax.plot(xs, ok, label=label, linewidth=1.2)
+        if any(failed):
+            ax.plot(xs, failed, linestyle="--", color=line.get_color(), linewidth=1, label=f"{label} failures")
+    ax.set_xlabel("second of the test (0: the second of its first request)")
+    ax.set_ylabel("requests per second")
+    ax.grid(alpha=0.3)
+    ax.set_ylim(bottom=0)
+    if lines:
+        ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def timeline_lines(summary: dict, by: str = "operation", prefix: str = "") -> dict[str, tuple]:
+    """Throughput lines of one summary: one per (operation, mode), or, with ``by="mode"``, one per mode (all of its
+    operations added). Largest first."""
+    timeline = summary["timeline"]
+    if not timeline["series"]:
+        return {}
+    sums: dict[str, tuple[list[int], list[int]]] = {}
+    for s in timeline["series"]:
+        label = prefix + (s["mode"] if by == "mode" else f"{s['name']} ({s['mode']})")
+        ok, failed = sums.setdefault(label, ([0] * len(s["ok"]), [0] * len(s["ok"])))
+        for i, (o, f) in enumerate(zip(s["ok"], s["failed"], strict=True)):
+            ok[i] += o + f  # all requests; failures also get a line of their own
+            failed[i] += f
+    xs = list(range(len(next(iter(sums.values()))[0])))
+    ranked = sorted(sums.items(), key=lambda kv: -sum(kv[1][0]))
+    return {label: (xs, ok, failed) for label, (ok, failed) in ranked}
