@@ -77,6 +77,9 @@ class DocSource:
         return self._spread(self.dataset.vectors, n) if self.has_vectors else None
 
 
+PRESENT, DELETED, UNKNOWN = "present", "deleted", "unknown"
+
+
 class IdLedger:
     """Primary keys this process wrote and has not deleted, oldest first; used from the hub thread only.
 
@@ -85,12 +88,31 @@ class IdLedger:
     ``mark > taken_total`` (see :meth:`holds_any_added_before`).
     """
 
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, track: bool = False) -> None:
         self.prefix = prefix or f"p{os.getpid()}-{random.getrandbits(32):08x}"
         self._counter = itertools.count()
         self._live: deque[str] = deque()
         self.added_total = 0
         self.taken_total = 0
+        # With --verify: what Milvus acknowledged for each id this process ever wrote (PRESENT after an
+        # acknowledged add or upsert, DELETED after an acknowledged delete) or UNKNOWN (the write failed, timed
+        # out or was cancelled at stop: it may or may not have happened). verify.py compares it with the
+        # collection at the end of the run.
+        self.track = track
+        self.states: dict[str, str] = {}
+
+    def _mark(self, ids: list[str], state: str) -> None:
+        if self.track:
+            for i in ids:
+                self.states[i] = state
+
+    def deleted(self, ids: list[str]) -> None:
+        """Milvus acknowledged the delete of ``ids`` (already taken)."""
+        self._mark(ids, DELETED)
+
+    def uncertain(self, ids: list[str]) -> None:
+        """A write of ``ids`` failed or was cancelled: its outcome is unknown."""
+        self._mark(ids, UNKNOWN)
 
     def new_batch(self, n: int, rng: random.Random,
                   source: DocSource | None = None) -> tuple[list[str], list[Document]]:
@@ -100,8 +122,10 @@ class IdLedger:
         return [f"{self.prefix}-{i}" for i in numbers], [make(i, rng) for i in numbers]
 
     def added(self, ids: list[str]) -> None:
+        """Milvus acknowledged the add (or upsert) of ``ids``: this process owns them."""
         self._live.extend(ids)
         self.added_total += len(ids)
+        self._mark(ids, PRESENT)
 
     def take(self, n: int) -> list[str]:
         """Remove up to ``n`` of the oldest ids, for a delete; ``[]`` when nothing is owned."""
@@ -110,9 +134,11 @@ class IdLedger:
         return ids
 
     def give_back(self, ids: list[str]) -> None:
-        """A delete failed: its ids may still exist, so they stay owned (and deletable)."""
+        """A delete or upsert failed: its ids may still exist, so they stay owned (and deletable), with an
+        unknown outcome until a later write of them is acknowledged."""
         self._live.extendleft(reversed(ids))
         self.taken_total -= len(ids)
+        self._mark(ids, UNKNOWN)
 
     def holds_any_added_before(self, mark: int) -> bool:
         """Whether an id added before ``added_total`` was ``mark`` has still not been taken for deletion."""

@@ -21,14 +21,38 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+# Locust keeps one row per distinct failure message, for ever; aiolocust caps its error keys for the same reason.
+MAX_ERROR_KINDS = 100
+_kinds: set[str] = set()
+
+
+def _describe(exc: BaseException) -> str:
+    # A gRPC error's str() starts with a line that names no cause ("<AioRpcError of RPC that terminated with:");
+    # its status code and details are the useful part. Milvus errors carry their code in the message already.
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        try:
+            status = code()
+            return f"{type(exc).__name__}: {getattr(status, 'name', status)}: {str(details() or '').strip()}"
+        except Exception:  # noqa: BLE001 - fall back to the plain message
+            pass
+    return one_line(exc)
+
+
 def normalise(exc: BaseException) -> Exception:
     """One clear, low-cardinality message per kind of error, so Locust's failure table groups them.
 
-    Addresses and ids are masked and only the first line is kept; the type name stays in front.
+    Addresses and ids are masked and only the first line is kept; the type name stays in front, and the Milvus
+    or gRPC status code with it. After MAX_ERROR_KINDS distinct messages, new ones are counted as one row.
     """
     if isinstance(exc, OperationFailed):
         return exc
-    return OperationFailed(_VOLATILE.sub("<id>", one_line(exc))[:240 + len(type(exc).__name__) + 2])
+    message = _VOLATILE.sub("<id>", _describe(exc))[:240 + len(type(exc).__name__) + 2]
+    if message not in _kinds:
+        if len(_kinds) >= MAX_ERROR_KINDS:
+            return OperationFailed(f"other errors (more than {MAX_ERROR_KINDS} kinds; the first ones are listed)")
+        _kinds.add(message)
+    return OperationFailed(message)
 
 
 def fire(environment, request_type: str, name: str, elapsed_s: float, length: int, exc: BaseException | None) -> None:

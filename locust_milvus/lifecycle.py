@@ -7,7 +7,8 @@
 - test_start: the master or local runner prepares the collection (checks, drop, schema, pre-population) unless
   init already did for this start; every process that runs users opens its store. Options are read here
   because workers receive them only now.
-- test_stop: log the concurrency evidence (monitor.py). quitting: cancel async work, stop the embedded Milvus.
+- test_stop: log the concurrency evidence (monitor.py); with --verify, check the write ledger against the
+  collection (verify.py). quitting: cancel async work, stop the embedded Milvus.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from locust_milvus.options import settings_from
 from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.settings import ConfigError
 from locust_milvus.store import open_async_store, open_store, prepare_collection, redact_uri
+from locust_milvus.verify import VERIFY_EXIT_CODE, verify
 
 logger = logging.getLogger("locust_milvus")
 
@@ -56,6 +58,12 @@ def _fatal(message: str) -> None:
 @events.init.add_listener
 def _on_init(environment, runner=None, **_kwargs) -> None:
     make_grpc_cooperative()
+    # pymilvus logs every failed RPC, and every reconnection attempt, with a full traceback: during an outage that
+    # is thousands of lines a second, which costs the hub its time (and, with output piped to a full buffer,
+    # blocks it). Each failure is already a failed request with its one-line message in Locust's failure table,
+    # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
+    loglevel = str(getattr(environment.parsed_options, "loglevel", "") or "").upper()
+    logging.getLogger("pymilvus").setLevel(logging.DEBUG if loglevel == "DEBUG" else logging.CRITICAL)
     # OPENAI_API_KEY and friends may live in ./.env; variables already set in the environment win.
     load_dotenv(find_dotenv(usecwd=True), override=False)
     if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
@@ -93,7 +101,7 @@ def _source(settings) -> DocSource:
 
 def _prepare(settings) -> IdLedger:
     """Prepare the collection once for a test; returns the ledger holding the pre-populated ids."""
-    ledger = IdLedger()
+    ledger = IdLedger(track=settings.verify)
     key = (settings.uri, settings.collection)
     prepare_collection(settings, ledger, owned_here=key in _created, source=_source(settings))
     _created.add(key)
@@ -139,7 +147,7 @@ def _on_test_start(environment, **_kwargs) -> None:
         if isinstance(runner, WorkerRunner):
             # Ids carry the worker's index, so each worker owns its own documents: its deletes and upserts take
             # ids from its own ledger only and never touch another worker's (or the pre-populated) documents.
-            ledger = IdLedger(prefix=f"w{runner.worker_index}-{random.getrandbits(32):08x}")
+            ledger = IdLedger(prefix=f"w{runner.worker_index}-{random.getrandbits(32):08x}", track=settings.verify)
         elif _prepared is not None:  # done at init, before Locust's run-time clock started
             ledger, _prepared = _prepared, None
         else:
@@ -166,8 +174,15 @@ def _on_test_start(environment, **_kwargs) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_kwargs) -> None:
-    if not isinstance(environment.runner, MasterRunner):
-        monitor.stop()
+    if isinstance(environment.runner, MasterRunner):
+        return
+    monitor.stop()
+    # Users are stopped by now (test_stop fires after they are killed): the ledger is final.
+    if _state is not None and _state.settings.verify:
+        verdict = verify(_state.settings, _state.ledger)
+        (logger.info if verdict.ok else logger.error)(verdict.line())
+        if not verdict.ok:
+            environment.process_exit_code = VERIFY_EXIT_CODE
 
 
 @events.quitting.add_listener

@@ -31,6 +31,7 @@ class Monitor:
         self._cpu_start = 0.0
         self.requests = 0
         self.failures = 0
+        self.unknown: dict[str, int] = {}  # operations cancelled in flight at stop, by name
         self._listening: set[int] = set()
 
     # enter/leave are called from the hub thread for sync calls and from the loop thread for async ones;
@@ -43,6 +44,9 @@ class Monitor:
 
     def leave(self, mode: str) -> None:
         self.in_flight[mode] -= 1
+
+    def cancelled(self, name: str, n: int = 1) -> None:
+        self.unknown[name] = self.unknown.get(name, 0) + n
 
     def _count(self, exception=None, **_kwargs) -> None:
         self.requests += 1
@@ -57,6 +61,7 @@ class Monitor:
             runner.environment.events.request.add_listener(self._count)
             self._listening.add(id(runner.environment))
         self.requests = self.failures = 0
+        self.unknown = {}
         self.peak = {SYNC: 0, ASYNC: 0}
         self.max_hub_lag_s = 0.0
         self._cpu_start = time.process_time()
@@ -78,10 +83,13 @@ class Monitor:
         # process_time covers every thread of the process: the hub, the asyncio loop and gRPC's own threads.
         logger.info(
             "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f cpu_s=%.3f "
-            "requests=%d failures=%d",
+            "requests=%d failures=%d unknown_outcome=%d",
             self.peak[SYNC], self.peak[ASYNC], self.max_hub_lag_s * 1000, time.process_time() - self._cpu_start,
-            self.requests, self.failures,
+            self.requests, self.failures, sum(self.unknown.values()),
         )
+        if self.unknown:
+            logger.info("locust-milvus: operations in flight at stop were cancelled, outcome unknown (not counted "
+                        "as requests): %s", ", ".join(f"{name} {n}" for name, n in sorted(self.unknown.items())))
 
 
 monitor = Monitor()

@@ -92,7 +92,9 @@ class Operation:
     method: str  # the LangChain sync method; the async one is "a" + method
     prepare: Callable[[RunState], Call | None]  # None: nothing to do (the task is skipped, not failed)
     settle: Callable[[RunState, Call, Any], int]  # judge the result; returns response_length or raises
-    abandon: Callable[[RunState, Call], None] = _nothing  # undo prepare after a failure
+    # After a failure, or when the call was cancelled at stop: undo prepare, and record writes whose outcome is
+    # now unknown in the ledger.
+    abandon: Callable[[RunState, Call], None] = _nothing
     default_weight: int = 0
     help: str = ""
     # Whether the method hands extra keywords to pymilvus, so takes --milvus-timeout and the retry policy as
@@ -153,6 +155,10 @@ def _add_embeddings(state: RunState) -> Call:
         vectors = state.store.embeddings.embed_documents([d.page_content for d in docs])
     texts = [d.page_content for d in docs]
     return Call({"texts": texts, "embeddings": vectors, "metadatas": [d.metadata for d in docs], "ids": ids})
+
+
+def _add_failed(state: RunState, call: Call) -> None:
+    state.ledger.uncertain(call.kwargs["ids"])  # a timeout or a lost connection may still have written them
 
 
 def _added(state: RunState, call: Call, result: list[str]) -> int:
@@ -220,6 +226,7 @@ def _delete(state: RunState) -> Call | None:
 def _deleted(state: RunState, call: Call, result: bool | None) -> int:
     if result is False:
         raise OperationFailed("delete returned False (LangChain logged the MilvusException it caught)")
+    state.ledger.deleted(call.kwargs["ids"])
     return len(call.kwargs["ids"])
 
 
@@ -272,11 +279,11 @@ def _drop_scratch(state: RunState, call: Call) -> None:
 TABLE: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("add", "add_documents", _add_documents, _added, default_weight=1, writes=True,
+        Operation("add", "add_documents", _add_documents, _added, _add_failed, default_weight=1, writes=True,
                   help="add: add_documents of --batch-size documents"),
-        Operation("add_texts", "add_texts", _add_texts, _added, writes=True,
+        Operation("add_texts", "add_texts", _add_texts, _added, _add_failed, writes=True,
                   help="add_texts: texts, metadatas and ids"),
-        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, writes=True, pool="corpus",
+        Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, _add_failed, writes=True, pool="corpus",
                   help="add_embeddings: texts with vectors computed before the timed call"),
         Operation("search", "similarity_search", _search(by_vector=False), _found, default_weight=8,
                   help="search: similarity_search(query, k=--top-k)"),

@@ -66,11 +66,22 @@ class SyncMilvusUser(MilvusUser):
                 result = method(**op.call_kwargs(state, call))
             except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
                 exc = e
+            except BaseException:  # GreenletExit: the user was stopped mid-call; nobody knows what happened
+                _cancelled(state, op, [call])
+                raise
             finally:
                 elapsed = time.perf_counter() - start
                 monitor.leave(SYNC)
         length, exc = op.complete(state, call, result, exc)
         _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds)
+
+
+def _cancelled(state: RunState, op: Operation, calls: list[Call]) -> None:
+    """Calls cut off by a stop: not requests (they have no result), counted as unknown outcomes, and their
+    writes marked unknown in the ledger (never as successes)."""
+    for call in calls:
+        op.abandon(state, call)
+    monitor.cancelled(op.name, len(calls))
 
 
 def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds) -> None:
@@ -116,7 +127,11 @@ class AsyncMilvusUser(MilvusUser):
         if not batch:
             gevent.sleep(SKIP_PAUSE_S)
             return
-        outcomes = get_bridge().run(_gather(state, op, batch))
+        try:
+            outcomes = get_bridge().run(_gather(state, op, batch))
+        except BaseException:  # GreenletExit at stop: the bridge cancelled the calls, mid-flight
+            _cancelled(state, op, batch)
+            raise
         for call, (result, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
             _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds)

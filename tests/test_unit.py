@@ -195,5 +195,28 @@ def test_fire_sends_one_event_with_float_ms_through_the_environment():
 
 def test_normalise_masks_ids_and_keeps_one_line():
     exc = normalise(RuntimeError("Task <Task at 0x7f3a2b1c0d00> failed for 470611779738402831abcdef\nmore"))
-    assert str(exc) == "RuntimeError: Task <Task at <id>> failed for 470611779738402831abcdef"[:0] + str(exc)
+    assert str(exc) == "RuntimeError: Task <Task at <id>> failed for <id>"
     assert "0x7f3a2b1c0d00" not in str(exc) and "\n" not in str(exc)
+
+
+def test_normalise_names_the_grpc_status_and_caps_the_kinds(monkeypatch):
+    import grpc
+
+    from locust_milvus import events
+
+    class FakeRpcError(grpc.RpcError):
+        def __str__(self):
+            return "<AioRpcError of RPC that terminated with:\n\tstatus = StatusCode.UNAVAILABLE"
+
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "failed to connect to all addresses"
+
+    assert str(normalise(FakeRpcError())) == "FakeRpcError: UNAVAILABLE: failed to connect to all addresses"
+    monkeypatch.setattr(events, "_kinds", set())
+    monkeypatch.setattr(events, "MAX_ERROR_KINDS", 3)
+    kinds = {str(normalise(ValueError(f"kind {letter}"))) for letter in "abcdef"}
+    assert len(kinds) == 4 and any(k.startswith("other errors") for k in kinds)
+    assert str(normalise(ValueError("kind a"))) == "ValueError: kind a"  # a known kind keeps its row

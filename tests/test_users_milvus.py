@@ -162,3 +162,36 @@ def test_every_operation_in_both_modes(shared_state, name, user_class, request_t
     assert [(e["request_type"], e["name"]) for e in events] == [(request_type, name)]
     assert events[0]["exception"] is None, events[0]["exception"]
     assert events[0]["response_length"] > 0
+
+
+def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection):
+    from locust_milvus.verify import verify
+
+    settings = make_settings(milvus.uri, collection, prepopulate=0, batch_size=5, verify=True)
+    ledger = IdLedger(track=True)
+    prepare_collection(settings, ledger)
+    state = RunState(settings=settings, store=open_store(settings), ledger=ledger)
+    user, events = user_with_events(SyncMilvusUser, state)
+    for _ in range(3):
+        user.execute(TABLE["add"])
+    user.execute(TABLE["delete"])  # the 5 oldest: acknowledged deletes
+    assert all(e["exception"] is None for e in events)
+    clean = verify(settings, ledger)
+    assert clean.ok and clean.checked == 15 and clean.unknown == 0, clean.line()
+
+    present = [i for i, s in ledger.states.items() if s == "present"]
+    deleted = [i for i, s in ledger.states.items() if s == "deleted"]
+    client = MilvusClient(uri=milvus.uri)
+    try:  # behind the ledger's back: lose an acknowledged write, bring back a deleted one, write one twice
+        client.delete(collection, ids=[present[0]])
+        row = {"pk": deleted[0], "vector": [0.0] * settings.dim, "text": "back", "id": "x", "score": 0.0,
+               "category": "cat_0"}
+        client.insert(collection, [row])
+        client.insert(collection, [{**row, "pk": present[1]}])
+    finally:
+        client.close()
+    ledger.uncertain([present[2]])  # an unknown outcome is never judged
+    bad = verify(settings, ledger)
+    assert not bad.ok and bad.missing == [present[0]] and bad.resurrected == [deleted[0]], bad.line()
+    assert bad.duplicate_rows >= 1 and bad.unknown == 1 and bad.checked == 14
+    assert "verify: FAILED" in bad.line()

@@ -1,0 +1,90 @@
+"""--verify: after the load, compare what Milvus acknowledged (the write ledger, data.IdLedger) with the collection.
+
+Milvus's own chaos tests count entities after killing and pausing nodes to prove that nothing acknowledged was
+lost. We do the same for the documents this process wrote: every id whose add or upsert was acknowledged must
+be there, every id whose delete was acknowledged must not, and no id may be there twice. Writes whose outcome is
+unknown (they failed, timed out or were cancelled at stop) may rightly be either, so they are counted apart and
+never called lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pymilvus import MilvusClient
+
+from locust_milvus.data import DELETED, PRESENT, UNKNOWN, IdLedger
+from locust_milvus.settings import Settings
+from locust_milvus.store import connection_args
+
+VERIFY_EXIT_CODE = 4  # distinct from Locust's 1 (failures) and the gates' 3
+QUERY_BATCH = 1000  # ids per `pk in [...]` query
+SHOWN = 5  # example ids in the log line
+LOAD_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Verdict:
+    checked: int = 0
+    unknown: int = 0
+    missing: list[str] = field(default_factory=list)  # acknowledged as written, not in the collection
+    resurrected: list[str] = field(default_factory=list)  # acknowledged as deleted, back in the collection
+    duplicate_rows: int = 0  # rows beyond one per id, as count(*) sees them
+    error: str = ""  # the check itself could not be done
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.resurrected or self.duplicate_rows or self.error)
+
+    def line(self) -> str:
+        text = (f"locust-milvus verify: {'OK' if self.ok else 'FAILED'} checked={self.checked} "
+                f"missing={len(self.missing)} deleted_but_present={len(self.resurrected)} "
+                f"duplicate_rows={self.duplicate_rows} unknown_outcome={self.unknown}")
+        if self.missing:
+            text += f"; missing e.g. {', '.join(self.missing[:SHOWN])}"
+        if self.resurrected:
+            text += f"; deleted but present e.g. {', '.join(self.resurrected[:SHOWN])}"
+        if self.error:
+            text += f"; could not verify: {self.error}"
+        return text
+
+
+def verify(settings: Settings, ledger: IdLedger) -> Verdict:
+    """Query the collection for every id in the ledger (Strong consistency: every acknowledged write is visible)."""
+    from locust_milvus.events import one_line
+
+    states = ledger.states
+    verdict = Verdict(unknown=sum(1 for s in states.values() if s == UNKNOWN))
+    ids = [i for i, s in states.items() if s != UNKNOWN]
+    verdict.checked = len(ids)
+    pk = settings.primary_field
+    found: Counter[str] = Counter()
+    try:
+        client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
+    except Exception as exc:  # noqa: BLE001 - unreachable at the end: the check could not be done
+        verdict.error = one_line(exc)
+        return verdict
+    try:
+        # After a server restart the collection may not be loaded yet (queries fail with code 101); loading an
+        # already loaded collection returns at once.
+        client.load_collection(settings.collection, timeout=LOAD_TIMEOUT_S)
+        for start in range(0, len(ids), QUERY_BATCH):
+            expr = f"{pk} in {json.dumps(ids[start:start + QUERY_BATCH])}"
+            rows = client.query(settings.collection, filter=expr, output_fields=[pk], consistency_level="Strong",
+                                timeout=settings.timeout)
+            found.update(row[pk] for row in rows)
+            # A query returns each primary key once even when it was inserted twice; count(*) counts rows.
+            [counted] = client.query(settings.collection, filter=expr, output_fields=["count(*)"],
+                                     consistency_level="Strong", timeout=settings.timeout)
+            verdict.duplicate_rows += max(0, int(counted["count(*)"]) - sum(
+                1 for i in ids[start:start + QUERY_BATCH] if found[i]))
+    except Exception as exc:  # noqa: BLE001
+        verdict.error = one_line(exc)
+        return verdict
+    finally:
+        client.close()
+    verdict.missing = [i for i in ids if states[i] == PRESENT and not found[i]]
+    verdict.resurrected = [i for i in ids if states[i] == DELETED and found[i]]
+    return verdict
