@@ -55,10 +55,12 @@ def normalise(exc: BaseException) -> Exception:
     return OperationFailed(message)
 
 
-def fire(environment, request_type: str, name: str, elapsed_s: float, length: int, exc: BaseException | None) -> None:
+def fire(environment, request_type: str, name: str, elapsed_s: float, length: int, exc: BaseException | None,
+         context: dict | None = None) -> None:
     """Fire exactly one request event through this environment (never the global ``locust.events``).
 
     ``elapsed_s`` comes from ``time.perf_counter()`` around the call alone; it is reported as float ms.
+    ``context`` carries what else the report records of this request (``corrected_ms`` under --target-rps).
     """
     environment.events.request.fire(
         request_type=request_type,
@@ -66,5 +68,5 @@ def fire(environment, request_type: str, name: str, elapsed_s: float, length: in
         response_time=elapsed_s * 1000.0,
         response_length=length,
         exception=None if exc is None else normalise(exc),
-        context={},
+        context=context or {},
     )

@@ -24,6 +24,7 @@ import random
 import gevent
 from dotenv import find_dotenv, load_dotenv
 
+from locust_milvus import pacing
 from locust_milvus.bridge import close_bridge, get_bridge
 from locust_milvus.data import DocSource, IdLedger
 from locust_milvus.dataset import load_dataset
@@ -153,11 +154,17 @@ def _on_test_start(environment, **_kwargs) -> None:
         else:
             ledger = _prepare(settings)
         if isinstance(runner, MasterRunner):
+            # --target-rps shares the rate among all users of the run; workers know only their own users, so
+            # the total travels with the options (a custom attribute, which Locust forwards to workers).
+            environment.parsed_options.locust_milvus_total_users = runner.target_user_count
             return  # the master runs no users
+        total_users = (getattr(environment.parsed_options, "locust_milvus_total_users", 0)
+                       if isinstance(runner, WorkerRunner) else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = get_bridge().run(open_async_store(settings)) if needs_async else None
         _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore,
-                          source=_source(settings))
+                          source=_source(settings), total_users=int(total_users or 1))
+        pacing.reset()
         logger.info("locust-milvus: target %s, collection %r, weights %s", redact_uri(settings.uri),
                     settings.collection, settings.weights)
         # A full collection of the heap that LangChain, pymilvus and numpy leave after import took 74 ms here,
@@ -177,6 +184,8 @@ def _on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         return
     monitor.stop()
+    if _state is not None and _state.settings.target_rps:
+        pacing.log_if_not_met(_state.settings.target_rps)
     # Users are stopped by now (test_stop fires after they are killed): the ledger is final.
     if _state is not None and _state.settings.verify:
         verdict = verify(_state.settings, _state.ledger)

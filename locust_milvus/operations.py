@@ -44,6 +44,7 @@ class RunState:
     rng: random.Random = field(default_factory=random.Random)
     query_vectors: list[list[float]] = field(default_factory=list)
     source: DocSource = field(default_factory=DocSource)
+    total_users: int = 1  # the run's user count over all workers (--target-rps gives each user rate / this)
 
     def __post_init__(self) -> None:
         s = self.settings

@@ -21,7 +21,8 @@ from locust_milvus.bridge import get_bridge
 from locust_milvus.embeddings import embedding_calls
 from locust_milvus.events import ASYNC, SYNC, fire
 from locust_milvus.monitor import monitor
-from locust_milvus.operations import Call, Operation, RunState
+from locust_milvus.operations import TABLE, Call, Operation, RunState
+from locust_milvus.pacing import Pacer
 
 # A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
 # spin the CPU while adds catch up. It is not a request and is not timed.
@@ -33,17 +34,29 @@ class MilvusUser(User):
 
     abstract = True
     state: RunState | None = None
+    pacer: Pacer | None = None  # --target-rps: this user's schedule of planned starts (pacing.py)
 
     def on_start(self) -> None:
         self.state = lifecycle.current_state()
+        if self.state is not None and self.state.settings.target_rps:
+            self.pacer = Pacer(self.state.settings.target_rps, self.state.total_users, self.state.rng)
 
     @task
     def operate(self) -> None:
         if self.state is None:  # set-up failed; the error was logged once, at test start
             raise StopUser()
-        self.execute(self.state.pick())
+        if self.pacer is None:
+            self.execute(self.state.pick())
+            return
+        name, planned = self.pacer.wait()
+        try:
+            self.execute(TABLE[name], planned)
+        finally:
+            self.pacer.done(time.perf_counter())
 
-    def execute(self, op: Operation) -> None:
+    def execute(self, op: Operation, planned: float | None = None) -> None:
+        """One operation (``async_concurrency`` of them for the async user when not paced); ``planned`` is its
+        planned start under --target-rps (perf_counter seconds), for the latency from the planned start."""
         raise NotImplementedError
 
 
@@ -51,7 +64,7 @@ class SyncMilvusUser(MilvusUser):
     """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
     in flight."""
 
-    def execute(self, op: Operation) -> None:
+    def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
         call = op.prepare(state)
         if call is None:
@@ -73,7 +86,12 @@ class SyncMilvusUser(MilvusUser):
                 elapsed = time.perf_counter() - start
                 monitor.leave(SYNC)
         length, exc = op.complete(state, call, result, exc)
-        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds)
+        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds, _since(planned, start + elapsed))
+
+
+def _since(planned: float | None, ended: float) -> dict | None:
+    """The request's context under --target-rps: its latency from the planned start, in float ms."""
+    return None if planned is None else {"corrected_ms": (ended - planned) * 1000.0}
 
 
 def _cancelled(state: RunState, op: Operation, calls: list[Call]) -> None:
@@ -84,12 +102,12 @@ def _cancelled(state: RunState, op: Operation, calls: list[Call]) -> None:
     monitor.cancelled(op.name, len(calls))
 
 
-def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds) -> None:
+def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds, context=None) -> None:
     """The operation's event, after one event per embedding call it made (their time taken out of its own)."""
     for e in embeds:
         fire(environment, mode, e.name, e.elapsed_s, 0, e.exc)
         elapsed -= e.elapsed_s
-    fire(environment, mode, name, elapsed, length, exc)
+    fire(environment, mode, name, elapsed, length, exc, context)
 
 
 async def _timed(state: RunState, op: Operation, call: Call):
@@ -101,11 +119,11 @@ async def _timed(state: RunState, op: Operation, call: Call):
         start = time.perf_counter()
         try:
             result = await method(**op.call_kwargs(state, call))
-            return result, time.perf_counter() - start, None, embeds
+            return result, start, time.perf_counter() - start, None, embeds
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
-            return None, time.perf_counter() - start, e, embeds
+            return None, start, time.perf_counter() - start, e, embeds
         finally:
             monitor.leave(ASYNC)
 
@@ -120,9 +138,10 @@ class AsyncMilvusUser(MilvusUser):
 
     uses_async_bridge = True  # lifecycle builds the process's async store on the bridge for these users
 
-    def execute(self, op: Operation) -> None:
+    def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
-        calls = (op.prepare(state) for _ in range(state.settings.async_concurrency))
+        # Paced, each planned start is one operation; unpaced, --async-concurrency of them at once.
+        calls = (op.prepare(state) for _ in range(1 if planned is not None else state.settings.async_concurrency))
         batch = [call for call in calls if call is not None]
         if not batch:
             gevent.sleep(SKIP_PAUSE_S)
@@ -132,6 +151,6 @@ class AsyncMilvusUser(MilvusUser):
         except BaseException:  # GreenletExit at stop: the bridge cancelled the calls, mid-flight
             _cancelled(state, op, batch)
             raise
-        for call, (result, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
+        for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
-            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds)
+            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds, _since(planned, start + elapsed))

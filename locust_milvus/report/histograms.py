@@ -17,6 +17,7 @@ import time
 
 from hdrh.histogram import HdrHistogram
 
+from locust_milvus import pacing
 from locust_milvus.events import normalise
 
 LOWEST_US = 1
@@ -64,10 +65,12 @@ def percentiles_ms(histogram: HdrHistogram) -> dict[float, float]:
 class Series:
     """One (request_type, name): its histogram and its per-second success and failure counts."""
 
-    __slots__ = ("histogram", "ok", "failed")
+    __slots__ = ("histogram", "corrected", "ok", "failed")
 
     def __init__(self) -> None:
         self.histogram = new_histogram()
+        # --target-rps: latency from the planned start (coordinated-omission corrected); made on first use
+        self.corrected: HdrHistogram | None = None
         self.ok: dict[int, int] = {}  # epoch second -> requests that succeeded in it
         self.failed: dict[int, int] = {}
 
@@ -86,19 +89,23 @@ class Recorder:
         self.errors: dict[str, dict[tuple[str, str], int]] = {}
         self.first_s: float | None = None  # wall-clock time of the first and last request recorded
         self.last_s: float | None = None
+        self.pacing: dict[str, list[int]] = {}  # --target-rps: name -> [started, late, dropped] (pacing.py)
 
     def reset(self) -> None:
         self.__init__()
 
-    def record(self, request_type: str, name: str, response_time: float | None, exception=None, **_kwargs) -> None:
+    def record(self, request_type: str, name: str, response_time: float | None, exception=None, context=None,
+               **_kwargs) -> None:
         now = time.time()
         series = self.series.get((request_type, name))
         if series is None:
             series = self.series[(request_type, name)] = Series()
         if response_time is not None:
-            us = int(response_time * 1000.0 + 0.5)
-            # out of range values would be dropped silently by record_value: clamp them into the histogram
-            series.histogram.record_value(us if 0 <= us <= HIGHEST_US else (0 if us < 0 else HIGHEST_US))
+            _record_ms(series.histogram, response_time)
+        if context and "corrected_ms" in context:
+            if series.corrected is None:
+                series.corrected = new_histogram()
+            _record_ms(series.corrected, context["corrected_ms"])
         second = int(now)
         if exception is None:
             series.ok[second] = series.ok.get(second, 0) + 1
@@ -117,14 +124,26 @@ class Recorder:
             by_op = self.errors.setdefault(key, {})
         by_op[(request_type, name)] = by_op.get((request_type, name), 0) + count
 
+    def pacing_counts(self) -> dict[str, list[int]]:
+        """--target-rps start counts: what workers reported plus what this process has not drained."""
+        out = {name: list(c) for name, c in self.pacing.items()}
+        for name, c in pacing.pending.items():
+            mine = out.setdefault(name, [0, 0, 0])
+            for i, value in enumerate((c.started, c.late, c.dropped)):
+                mine[i] += value
+        return out
+
     def drain(self) -> dict:
         """What was recorded since the last drain, as msgpack-friendly data for ``report_to_master``; then reset."""
         payload = {
+            "pacing": pacing.drain(),
             "series": [
                 {
                     "type": request_type,
                     "name": name,
                     "histogram": s.histogram.encode().decode("ascii") if s.histogram.get_total_count() else "",
+                    "corrected": s.corrected.encode().decode("ascii") if s.corrected is not None
+                    and s.corrected.get_total_count() else "",
                     "seconds": [[sec, s.ok.get(sec, 0), s.failed.get(sec, 0)]
                                 for sec in sorted(s.ok.keys() | s.failed.keys())],
                 }
@@ -146,17 +165,31 @@ class Recorder:
                 series = self.series[key] = Series()
             if item["histogram"]:
                 merge_into(series.histogram, HdrHistogram.decode(item["histogram"]))
+            if item.get("corrected"):
+                if series.corrected is None:
+                    series.corrected = new_histogram()
+                merge_into(series.corrected, HdrHistogram.decode(item["corrected"]))
             for sec, ok, failed in item["seconds"]:
                 if ok:
                     series.ok[sec] = series.ok.get(sec, 0) + ok
                 if failed:
                     series.failed[sec] = series.failed.get(sec, 0) + failed
+        for name, counts in payload.get("pacing", {}).items():
+            mine = self.pacing.setdefault(name, [0, 0, 0])
+            for i, value in enumerate(counts):
+                mine[i] += value
         for error, request_type, name, count in payload.get("errors", ()):
             self._error(error, request_type, name, count)
         for attr, pick in (("first_s", min), ("last_s", max)):
             theirs, ours = payload.get(attr), getattr(self, attr)
             if theirs is not None:
                 setattr(self, attr, theirs if ours is None else pick(ours, theirs))
+
+
+def _record_ms(histogram: HdrHistogram, ms: float) -> None:
+    us = int(ms * 1000.0 + 0.5)
+    # out of range values would be dropped silently by record_value: clamp them into the histogram
+    histogram.record_value(us if 0 <= us <= HIGHEST_US else (0 if us < 0 else HIGHEST_US))
 
 
 def error_key(exception) -> str:

@@ -66,6 +66,11 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
         pct = percentiles_ms(h)
         row.update({f"{key}_ms": pct.get(p) for p, key in PERCENTILE_KEYS.items()})
         row["histogram"] = h.encode().decode("ascii") if timed else ""
+        if series.corrected is not None and series.corrected.get_total_count():
+            # --target-rps: the same requests timed from their planned start (coordinated-omission corrected)
+            corrected = percentiles_ms(series.corrected)
+            row.update({f"corrected_{key}_ms": corrected.get(p) for p, key in PERCENTILE_KEYS.items()})
+            row["corrected_max_ms"] = series.corrected.get_max_value() / 1000.0
         rows.append(row)
     return {
         "schema": SCHEMA,
@@ -79,9 +84,28 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
         "rows": rows,
         "failures": _failure_table(recorder),
         "timeline": _timeline(recorder),
+        "pacing": _pacing(recorder, config, span_s),
         "checks": [],
         "config": config,
     }
+
+
+def _pacing(recorder: Recorder, config: dict, span_s: float) -> list[dict]:
+    """--target-rps: per operation, the target, the starts planned, late (a user still busy) and dropped."""
+    from locust_milvus.operations import TABLE
+    from locust_milvus.pacing import NOT_MET_SHARE, parse_target_rps
+
+    try:
+        targets = parse_target_rps(str(config.get("target_rps") or ""), set(TABLE))
+    except ValueError:  # checked at start already (a web UI form value may have changed since)
+        targets = {}
+    out = []
+    for name, (started, late, dropped) in sorted(recorder.pacing_counts().items()):
+        planned = started + dropped
+        out.append({"name": name, "target_rps": targets.get(name), "planned": planned, "started": started,
+                    "late": late, "dropped": dropped, "achieved_rps": started / span_s if span_s > 0 else 0.0,
+                    "met": not planned or (late + dropped) / planned <= NOT_MET_SHARE})
+    return out
 
 
 def _failure_table(recorder: Recorder) -> list[dict]:
@@ -166,6 +190,25 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
               "as in Locust's statistics. RPS is requests over the span from the first to the last request."),
         results_table(summary["rows"]) if summary["rows"] else ("p", "No requests were recorded."),
     ]
+    corrected = [r for r in summary["rows"] if r.get("corrected_p50_ms") is not None]
+    if corrected or summary.get("pacing"):
+        out += [("h2", "Open model (--target-rps)"),
+                ("p", "Operations started at planned times whatever the responses. 'From planned start' is each "
+                      "request's latency from its planned start time (coordinated-omission corrected: what an "
+                      "arrival stream at the target rate would have seen); 'service' is the call alone (Locust's "
+                      "figure). A start is late when its user was still busy at the planned time, dropped when "
+                      "the user was more than 5 s behind.")]
+        if corrected:
+            out.append(("table", ["operation", "mode", "p50 service", "p50 from planned start", "p99 service",
+                                  "p99 from planned start", "max from planned start"],
+                        [[r["name"], r["mode"], ms(r["p50_ms"]), ms(r["corrected_p50_ms"]), ms(r["p99_ms"]),
+                          ms(r["corrected_p99_ms"]), ms(r["corrected_max_ms"])] for r in corrected], 2))
+        if summary.get("pacing"):
+            out.append(("table", ["operation", "target/s", "achieved/s", "planned", "late", "dropped", "met"],
+                        [[p["name"], f"{p['target_rps']:g}" if p["target_rps"] else "?", f"{p['achieved_rps']:.1f}",
+                          str(p["planned"]), str(p["late"]), str(p["dropped"]),
+                          "yes" if p["met"] else "NO: add users or lower the rate"]
+                         for p in summary["pacing"]], 1))
     if comparison:
         out += [("h2", "Sync versus async"),
                 ("p", "Both user classes ran: each operation's async figures beside its sync ones, and their ratio "
