@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,8 @@ class EmbeddedServerError(RuntimeError):
 class _ExitedAtStart(EmbeddedServerError):
     """The server process died before it was healthy (e.g. a port it was given was taken meanwhile)."""
 
+
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 
 # Free ports are probed, then handed to the server, which binds them a moment later: another server starting on
 # the same host in that window can take one, and ours then exits at start. Fresh ports on a second try fix it.
@@ -100,13 +103,18 @@ class EmbeddedMilvus:
     """Start, health-check and stop one Milvus standalone on loopback.
 
     ``data_dir=None`` uses a temporary directory that :meth:`stop` removes; a given directory is kept.
-    ``port=None`` picks a free proxy port starting at 19530.
+    ``port=None`` picks a free proxy port starting at 19530. ``config``: extra ``milvus.yaml`` settings by dotted
+    key, for keys the wheel's template has, e.g. ``{"common.security.tlsMode": 1, "tls.serverPemPath": PATH}``
+    (TLS) or ``{"common.security.authorizationEnabled": True}`` (user root, password Milvus); :meth:`start`
+    raises ValueError for a key the template lacks (the wheel would ignore it silently).
     """
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None,
+                 config: dict[str, object] | None = None) -> None:
         self._keep = data_dir is not None
         self._data_dir = Path(data_dir) if data_dir else None
         self._port = port
+        self._config = dict(config or {})
         self._proc: _Child | None = None
         self._logs: list = []
         self.health_port: int | None = None
@@ -170,6 +178,11 @@ class EmbeddedMilvus:
         for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
                           "dataCoord", "dataNode"):
             config.set(f"{component}.ip", "127.0.0.1")
+        unknown = set(self._config) - _template_keys(config.template_text)
+        if unknown:
+            raise ValueError(f"not keys of the Milvus {milvus.__version__} config template: {sorted(unknown)}")
+        for key, value in self._config.items():
+            config.set(key, config.get_value_text(value))  # True -> "true", as YAML wants
         try:
             config.resolve()  # picks free ports, writes configs/milvus.yaml under data_dir
         except RuntimeError as e:  # the wheel's "set proxy_port=P, but bind failed"
@@ -182,7 +195,7 @@ class EmbeddedMilvus:
         milvus._initialize_data_files(str(self._data_dir))  # unpacks the binary into data_dir/bin
         self.health_port = self._free_port(9091, taken | {self._etcd_peer_port})
         exe = self._data_dir / "bin" / "milvus"
-        env = dict(os.environ)
+        env = server_environment(os.environ)
         env.update(DEPLOY_MODE="STANDALONE", METRICS_PORT=str(self.health_port),
                    MILVUS_RUN_DIR=str(self._data_dir / "run"))
         libpath = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
@@ -290,6 +303,27 @@ class EmbeddedMilvus:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def server_environment(environ) -> dict[str, str]:
+    """The server's environment: ours without secrets.
+
+    The server needs none of them (LOCUST_MILVUS_TOKEN, OPENAI_API_KEY, ...), and a long-lived process holding them
+    in /proc/PID/environ (and in its crash reports) is one more place they could be read from.
+    """
+    return {k: v for k, v in environ.items() if not _SECRET_ENV.search(k)}
+
+
+def _template_keys(template: str) -> set[str]:
+    """The dotted keys of the wheel's milvus.yaml template, walked as the wheel's MilvusServerConfig walks them."""
+    keys, path = set(), []
+    for line in template.splitlines():
+        match = re.match(r"^( *)([a-zA-Z0-9_]+):", line)
+        if match is None or line.lstrip().startswith("#"):
+            continue
+        path = path[: len(match[1]) // 2] + [match[2]]
+        keys.add(".".join(path))
+    return keys
 
 
 def serve(port: int | None, data_dir: str | None) -> int:

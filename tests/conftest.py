@@ -44,6 +44,36 @@ def milvus():
     server.stop()
 
 
+@dataclass
+class SecureMilvus:
+    """The embedded Milvus with TLS and authentication on: ``https://127.0.0.1:PORT``, user root, password Milvus."""
+
+    server: EmbeddedMilvus
+    uri: str
+    ca_file: Path  # the CA that signed the server's certificate (for 127.0.0.1 and localhost)
+    other_ca_file: Path  # a CA that signed nothing of this server's
+    token: str = "root:Milvus"  # Milvus's default superuser
+
+
+@pytest.fixture(scope="session")
+def secure_milvus(tmp_path_factory) -> SecureMilvus:
+    """A second real Milvus, with one-way TLS (a test CA) and authorization on; started only by the tests that
+    ask for it (TLS, credentials)."""
+    from .tls_certs import make_ca, make_server_cert
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca_file, ca_key, ca_subject = make_ca(folder)
+    other_ca_file, _, _ = make_ca(folder, "another test CA")
+    cert, key = make_server_cert(folder, ca_key, ca_subject)
+    server = EmbeddedMilvus(config={
+        "common.security.tlsMode": 1, "tls.serverPemPath": str(cert), "tls.serverKeyPath": str(key),
+        "tls.caPemPath": str(ca_file), "common.security.authorizationEnabled": True,
+    })
+    server.start()
+    yield SecureMilvus(server, server.uri.replace("http://", "https://"), ca_file, other_ca_file)
+    server.stop()
+
+
 @pytest.fixture
 def collection() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
