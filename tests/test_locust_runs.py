@@ -1,5 +1,5 @@
 """Real ``locust`` processes on the main locustfile: headless runs, concurrency evidence, the embedded default,
-Ctrl-C and SIGKILL, bad input, and ``--processes``."""
+Ctrl-C and SIGKILL, and ``--processes`` (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -127,37 +127,6 @@ def test_sigkill_of_locust_leaves_no_orphan_server(tmp_path):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(pid)  # the parent-death signal stopped it (its temporary data cannot be removed then)
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--add-weight", "0", "--search-weight", "0", "--delete-weight", "0"], "task weights must be >= 0"),
-        (["--host", "localhost:19530"], "is not a Milvus URI"),
-        (["--host", "http://127.0.0.1:1", "--milvus-timeout", "2"], "cannot reach Milvus at http://127.0.0.1:1"),
-        (["--batch-size", "0"], "expected a whole number >= 1"),
-        (["--filter", "category =="], "--filter 'category ==' is not a valid expression"),
-    ],
-)
-def test_bad_input_is_one_line_and_a_non_zero_exit_before_load(tmp_path, args, message):
-    result = run_locust("--headless", "-u", "2", "-r", "2", "-t", "5s", "--csv", str(tmp_path / "run"), *args)
-    assert result.returncode != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if message in line]
-    assert len(lines) == 1, result.output[-3000:]
-    if (tmp_path / "run_stats.csv").exists():
-        assert all(int(row["Request Count"]) == 0 for row in read_stats_csv(tmp_path / "run").values())
-
-
-def test_existing_collection_and_dim_mismatch_are_refused(milvus, collection, tmp_path):
-    first = headless(milvus, collection, tmp_path, "SyncMilvusUser", seconds=2, users=2)
-    assert first.returncode == 0, first.output[-3000:]
-    again = run_locust("--headless", "-u", "2", "-r", "2", "-t", "3s", "--host", milvus.uri, "--collection",
-                       collection)
-    assert again.returncode == 1 and "already exists" in again.output and "Traceback" not in again.output
-    other_dim = run_locust("--headless", "-u", "2", "-r", "2", "-t", "3s", "--host", milvus.uri, "--collection",
-                           collection, "--dim", "64")
-    assert other_dim.returncode == 1 and "has dim 128 but --dim is 64" in other_dim.output
 
 
 def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
