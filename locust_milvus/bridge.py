@@ -200,6 +200,13 @@ def get_bridge() -> AsyncBridge:
     return _bridge
 
 
+def current_bridge() -> AsyncBridge | None:
+    """The bridge of this process if one was started (never starts one: a process without async users has none)."""
+    if _bridge is not None and _bridge.pid == os.getpid() and not _bridge.loop.is_closed():
+        return _bridge
+    return None
+
+
 def close_bridge() -> None:
     global _bridge
     if _bridge is not None and _bridge.pid == os.getpid():

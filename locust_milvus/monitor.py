@@ -26,6 +26,7 @@ class Monitor:
         self.in_flight = {SYNC: 0, ASYNC: 0}
         self.peak = {SYNC: 0, ASYNC: 0}
         self.max_hub_lag_s = 0.0
+        self.window_hub_lag_s = 0.0  # largest lag since health.py last took it (its one-second windows)
         self._ticker: gevent.Greenlet | None = None
         self._runner = None
         self._cpu_start = 0.0
@@ -73,8 +74,15 @@ class Monitor:
             t0 = time.perf_counter()
             gevent.sleep(TICK_S)
             lag = time.perf_counter() - t0 - TICK_S
+            if lag > self.window_hub_lag_s:
+                self.window_hub_lag_s = lag
             if lag > self.max_hub_lag_s and self._runner.state in (STATE_SPAWNING, STATE_RUNNING):
                 self.max_hub_lag_s = lag
+
+    def take_window_hub_lag(self) -> float:
+        """The largest hub lag since the last call (seconds), and start a new window."""
+        lag, self.window_hub_lag_s = self.window_hub_lag_s, 0.0
+        return lag
 
     def stop(self) -> None:
         if self._ticker is not None:

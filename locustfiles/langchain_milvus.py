@@ -24,3 +24,4 @@ if __name__ == "langchain_milvus":
 from locust_milvus.report import listeners  # noqa: E402,F401,I001  (first: its init checks --check-* before set-up)
 from locust_milvus import lifecycle, options  # noqa: E402,F401  (registers the options and event listeners)
 from locust_milvus.users import AsyncMilvusUser, SyncMilvusUser  # noqa: E402,F401
+from locust_milvus import health, webui  # noqa: E402,F401,I001  (after lifecycle: saturation signals, the run page)

@@ -1,0 +1,417 @@
+"""The web UI's locust-milvus page (``/milvus``) and two tabs in Locust's own page.
+
+``/milvus`` polls ``/milvus/state`` (JSON) once a second and shows:
+
+- the run configuration: the Milvus URI without credentials, collection, embedding, index, weights (never the
+  token or an API key: they are not read here, and the JSON is scrubbed of them besides);
+- set-up progress: pre-population and pool embedding (progress.py), of this process and of every worker;
+- per process that runs users: operations in flight per mode, CPU, gevent hub lag, asyncio loop lag, and whether
+  the generator is saturated (health.py). On a master, the workers' figures come with their regular reports
+  (every 3 s), and the page shows each worker and the sum;
+- sync against async, per operation: requests, RPS over the last 10 s, and p50/p95/p99 since the test started, from
+  the report's recorder (report/histograms.py: HdrHistograms at microsecond resolution, merged from the workers
+  on a master, the same figures the report folder gets), not from Locust's statistics, which round below 100 ms
+  to whole milliseconds.
+
+Locust's own page gets the same comparison and the per-process figures as two extra tabs (Locust's
+``extended_tabs``), filled through its ``/stats/requests`` polling; they appear once a test has started.
+"""
+
+from __future__ import annotations
+
+from locust import events
+from locust.runners import STATE_INIT, STATE_STOPPED, WORKER_REPORT_INTERVAL, MasterRunner
+
+import json
+import logging
+import os
+import time
+
+import gevent
+from flask import Blueprint, Response, request
+
+from locust_milvus import health as health_module
+from locust_milvus.events import ASYNC, SYNC
+from locust_milvus.operations import TABLE
+from locust_milvus.progress import progress
+from locust_milvus.report.histograms import percentiles_ms
+from locust_milvus.report.listeners import recorder
+from locust_milvus.settings import redact_uri
+
+logger = logging.getLogger("locust_milvus")
+
+RATE_WINDOW_S = 10
+CACHE_S = 0.5  # several open pages share one computation
+MODES = {SYNC: "sync", ASYNC: "async"}
+TAB_COMPARISON = "milvus-sync-async"
+TAB_PROCESSES = "milvus-generator"
+_MASKED = "(redacted)"
+
+
+def configuration(environment) -> list[list[str]]:
+    """The run's configuration as [label, value] rows; options are read one by one, so a secret can only appear
+    if it is also, say, the collection's name (``state`` scrubs those too)."""
+    o = environment.parsed_options
+    if o is None:
+        return []
+
+    def opt(name: str, default=""):
+        return getattr(o, name, default)
+
+    embedding = str(opt("embedding", "fake"))
+    if embedding == "openai":
+        dims = int(opt("openai_dimensions", 0) or 0)
+        embedding += f" ({opt('openai_model')}, {dims or 'its own'} dimensions)"
+        dim = "the model's"
+    else:
+        dim = str(opt("dim"))
+    weights = ", ".join(f"{name} {opt(f'{name}_weight', 0)}" for name in TABLE
+                        if str(opt(f"{name}_weight", 0)) not in ("0", ""))
+    rows = [
+        ["Milvus", redact_uri(environment.host) if environment.host else "embedded Milvus (started at init)"],
+        ["collection", str(opt("collection")) + (" (existing, read as it is)" if opt("existing_collection", False)
+                                                 else " (dropped and recreated)" if opt("drop_collection", False)
+                                                 else "")],
+        ["consistency level", str(opt("consistency_level"))],
+        ["embedding", embedding],
+        ["dimension", dim],
+        ["index", f"{opt('index_type')} ({opt('metric')}) {opt('index_params') or ''}".strip()],
+        ["search params", str(opt("search_params") or "LangChain's for the index")],
+        ["weights", weights or "none"],
+        ["batch size, top-k, fetch-k", f"{opt('batch_size')}, {opt('top_k')}, {opt('fetch_k')}"],
+        ["filter", str(opt("filter") or "none")],
+        ["pre-populate", f"{opt('prepopulate')} documents"],
+        ["async concurrency", str(opt("async_concurrency"))],
+        ["query pool, corpus pool", f"{opt('query_pool')}, {opt('corpus_pool')}"],
+        ["dataset", str(opt("dataset") or "synthetic")],
+        ["user classes", ", ".join(sorted(cls.__name__ for cls in environment.user_classes)) or "none"],
+        ["users, spawn rate", "set when a test starts" if opt("num_users", None) is None
+         else f"{opt('num_users')}, {opt('spawn_rate')}"],
+        ["milvus timeout", f"{opt('milvus_timeout')} s"],
+    ]
+    return [[label, str(value)] for label, value in rows]
+
+
+class Comparison:
+    """Per operation, sync and async side by side, from the report's recorder. Percentiles take about 1 ms per
+    series on the hub: they are recomputed only for series that changed, with a yield after each."""
+
+    def __init__(self) -> None:
+        self._percentiles: dict[tuple[str, str], tuple[int, dict]] = {}
+
+    def rows(self, delay_s: int) -> list[dict]:
+        """``delay_s``: the newest seconds to leave out of the rate (still being counted, or, on a master, not yet
+        reported by every worker)."""
+        now = int(time.time())
+        last = now - delay_s  # the newest second counted
+        first_s = recorder.first_s
+        span = RATE_WINDOW_S if first_s is None else max(1, min(RATE_WINDOW_S, last - int(first_s) + 1))
+        by_name: dict[str, dict] = {}
+        for (request_type, name), series in list(recorder.series.items()):
+            mode = MODES.get(request_type)
+            if mode is None:
+                continue
+            failures = sum(series.failed.values())
+            count = sum(series.ok.values()) + failures
+            recent = sum(series.ok.get(s, 0) + series.failed.get(s, 0) for s in range(last - span + 1, last + 1))
+            cached = self._percentiles.get((request_type, name))
+            if cached is None or cached[0] != count:
+                cached = self._percentiles[(request_type, name)] = (count, percentiles_ms(series.histogram))
+                gevent.sleep(0)
+            pct = cached[1]
+            by_name.setdefault(name, {"name": name})[mode] = {
+                "count": count, "failures": failures, "rps": round(recent / span, 1),
+                "p50_ms": _ms(pct.get(50.0)), "p95_ms": _ms(pct.get(95.0)), "p99_ms": _ms(pct.get(99.0)),
+            }
+        order = {name: i for i, name in enumerate(TABLE)}
+        return sorted(by_name.values(), key=lambda row: (order.get(row["name"], len(order)), row["name"]))
+
+    def reset(self) -> None:
+        self._percentiles = {}
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def processes(runner) -> list[dict]:
+    """Every process that runs users: this one, or on a master each connected worker as it last reported."""
+    if not isinstance(runner, MasterRunner):
+        return [{**health_module.health.live(), "age_s": 0.0}]
+    out = []
+    now = time.time()
+    for client_id, node in sorted(runner.clients.items()):
+        report = health_module.workers.get(client_id)
+        live = dict(report["live"]) if report else {"process": f"worker {client_id}", "running": False}
+        live["age_s"] = round(now - report["received_s"], 1) if report else None
+        live["worker_id"] = client_id
+        live["users"] = node.user_count
+        out.append(live)
+    return out
+
+
+def setup_steps(runner) -> list[dict]:
+    own = "master" if isinstance(runner, MasterRunner) else "this process"
+    steps = [{"process": own, **step} for step in progress.snapshot()]
+    if isinstance(runner, MasterRunner):
+        for client_id in sorted(runner.clients.keys()):
+            report = health_module.workers.get(client_id) or {}
+            who = (report.get("live") or {}).get("process", f"worker {client_id}")
+            steps += [{"process": who, **step} for step in report.get("setup", ())]
+    return steps
+
+
+class RunPage:
+    """The state the page polls, computed at most every CACHE_S."""
+
+    def __init__(self, environment) -> None:
+        self.environment = environment
+        self.comparison = Comparison()
+        self._cached: tuple[float, str] | None = None
+        self.setup_done_s = 0.0  # when the last test's set-up (lifecycle's test_start) ended
+
+    def setting_up(self) -> bool:
+        """A test was started and its set-up still runs: Locust's runner is then still "ready" (or "stopped")."""
+        began = progress.began_s
+        return began is not None and began > self.setup_done_s and \
+            self.environment.runner.state in (STATE_INIT, STATE_STOPPED)  # STATE_INIT is "ready"
+
+    def state(self) -> dict:
+        environment, runner = self.environment, self.environment.runner
+        distributed = isinstance(runner, MasterRunner)
+        procs = processes(runner)
+        live_warnings = [f"{p['process']}: over the limit now ({', '.join(p['over_limit'])})"
+                         for p in procs if p.get("over_limit")]
+        block = health_module.report_block(runner)
+        return {
+            "time": time.strftime("%H:%M:%S"),
+            "state": "setting up" if self.setting_up() else runner.state,
+            "runner": f"master with {runner.worker_count} workers" if distributed else "local runner",
+            "user_count": runner.user_count,
+            "configuration": configuration(environment),
+            "setup": setup_steps(runner),
+            "processes": procs,
+            "in_flight": {mode: sum(p.get(f"in_flight_{mode}", 0) or 0 for p in procs) for mode in ("sync", "async")},
+            "in_flight_note": f"as each worker last reported (every {WORKER_REPORT_INTERVAL:g} s)" if distributed
+            else "now",
+            "comparison": {
+                "rows": self.comparison.rows(delay_s=1 + (int(WORKER_REPORT_INTERVAL) if distributed else 0)),
+                "source": f"the report's recorder: requests and percentiles since the test started (HdrHistogram, "
+                          f"microsecond resolution), RPS over the last {RATE_WINDOW_S} s"
+                          + (f" up to {1 + WORKER_REPORT_INTERVAL:g} s ago (workers report every "
+                             f"{WORKER_REPORT_INTERVAL:g} s)" if distributed else ""),
+            },
+            "limits": {"lag_ms": health_module.LAG_LIMIT_MS, "cpu_pct": health_module.CPU_LIMIT_PCT,
+                       "sustained_s": health_module.SUSTAIN_S},
+            "warnings": live_warnings + (block["warnings"] if block else []),
+        }
+
+    def json_text(self) -> str:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > CACHE_S:
+            self._cached = (now, scrub(json.dumps(self.state()), self.environment.parsed_options))
+        return self._cached[1]
+
+    def extended_stats(self) -> list[dict]:
+        """The two tabs' rows, for Locust's page (``extended_stats`` of ``/stats/requests``)."""
+        state = json.loads(self.json_text())
+        comparison = []
+        for row in state["comparison"]["rows"]:
+            flat = {"name": row["name"]}
+            for mode in ("sync", "async"):
+                figures = row.get(mode) or {}
+                for key in ("count", "rps", "p50_ms", "p95_ms", "p99_ms"):
+                    flat[f"{mode}_{key}"] = "" if figures.get(key) is None else figures[key]
+            comparison.append(flat)
+        procs = [{"name": p.get("process", "?"),
+                  **{k: "" if p.get(k) is None else p[k]
+                     for k in ("cpu_pct", "hub_lag_ms", "loop_lag_ms", "in_flight_sync", "in_flight_async")},
+                  "status": ", ".join(p.get("over_limit") or []) or "ok"} for p in state["processes"]]
+        return [{"key": TAB_COMPARISON, "data": comparison}, {"key": TAB_PROCESSES, "data": procs}]
+
+
+def scrub(text: str, options) -> str:
+    """Belt and braces: the token and the OpenAI key never reach the browser, wherever they might have crept in."""
+    secrets = [str(getattr(options, "milvus_token", "") or ""), os.environ.get("OPENAI_API_KEY", "")]
+    for secret in (s for s in secrets if len(s) >= 6):
+        text = text.replace(secret, _MASKED).replace(json.dumps(secret)[1:-1], _MASKED)
+    return text
+
+
+_MODE_COLUMNS = [("count", "requests"), ("rps", "RPS"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+                 ("p99_ms", "p99 ms")]
+EXTENDED_TABS = [{"title": "Milvus: sync vs async", "key": TAB_COMPARISON},
+                 {"title": "Milvus: load generator", "key": TAB_PROCESSES}]
+EXTENDED_TABLES = [
+    {"key": TAB_COMPARISON, "structure": [{"key": "name", "title": "operation"}] + [
+        {"key": f"{mode}_{key}", "title": f"{mode} {title}"} for mode in ("sync", "async") for key, title in
+        _MODE_COLUMNS]},
+    {"key": TAB_PROCESSES, "structure": [
+        {"key": "name", "title": "process"}, {"key": "cpu_pct", "title": "CPU %"},
+        {"key": "hub_lag_ms", "title": "hub lag ms"}, {"key": "loop_lag_ms", "title": "loop lag ms"},
+        {"key": "in_flight_sync", "title": "in flight sync"}, {"key": "in_flight_async", "title": "in flight async"},
+        {"key": "status", "title": "over a limit"}]},
+]
+
+
+@events.init.add_listener
+def _on_init(environment, web_ui=None, **_kwargs) -> None:
+    if web_ui is None:  # headless, or a worker
+        return
+    page = RunPage(environment)
+    base = getattr(environment.parsed_options, "web_base_path", "") or ""
+    blueprint = Blueprint("locust_milvus", __name__, url_prefix=base or None)
+
+    @blueprint.route("/milvus")
+    @web_ui.auth_required_if_enabled
+    def milvus_page() -> Response:
+        return Response(PAGE, mimetype="text/html")
+
+    @blueprint.route("/milvus/state")
+    @web_ui.auth_required_if_enabled
+    def milvus_state() -> Response:
+        return Response(page.json_text(), mimetype="application/json", headers={"Cache-Control": "no-store"})
+
+    web_ui.app.register_blueprint(blueprint)
+
+    @web_ui.app.after_request
+    def _add_tabs(response: Response) -> Response:
+        # Locust's page polls /stats/requests every 2 s; its extra tabs read "extended_stats" from that response.
+        if request.path.endswith("/stats/requests") and response.status_code == 200 and response.is_json:
+            try:
+                data = response.get_json()
+                data["extended_stats"] = page.extended_stats()
+                if page.setting_up() and data.get("state") in (STATE_INIT, STATE_STOPPED):
+                    # Set-up runs inside Locust's test_start, before the runner leaves "ready" (or "stopped"). Told
+                    # so, Locust's page goes back to its start form (or shows "stopped") and stops polling, as if
+                    # the start had been lost. "spawning" keeps it on the running test's view until users start.
+                    data["state"] = "spawning"
+                response.set_data(json.dumps(data))
+            except Exception:  # noqa: BLE001 - our tabs must never break Locust's own page
+                logger.exception("locust-milvus: the web UI's extra tabs could not be filled")
+        return response
+
+    web_ui.template_args["extended_tabs"] = EXTENDED_TABS
+    web_ui.template_args["extended_tables"] = EXTENDED_TABLES
+    # Locust's "Download data" tab lists these links: the way from Locust's page to ours.
+    web_ui.template_args["extended_csv_files"] = [
+        {"href": "./milvus", "title": "locust-milvus run page (configuration, set-up, in flight, sync vs async)"},
+        {"href": "./milvus/state", "title": "locust-milvus run state (JSON)"},
+    ]
+
+    @environment.events.test_start.add_listener  # added at init: runs after lifecycle's set-up
+    def _new_test(**_kw) -> None:
+        page.comparison.reset()
+        page.setup_done_s = time.time()
+
+    logger.info("locust-milvus: run page (configuration, set-up, in flight, sync vs async, generator health) at "
+                "%s/milvus on the web UI", base)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>locust-milvus</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px;color:#222}
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .4em}
+table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 8px}th{background:#f3f3f3}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.big{font-size:2em;font-variant-numeric:tabular-nums;margin-right:1.5em}
+#warnings{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em;margin:1em 0}
+#warnings:empty{display:none}.over{background:#f8d7da}.muted{color:#666;font-size:.9em}
+</style></head><body>
+<h1>locust-milvus</h1>
+<div>state <b id="state">?</b> &middot; <span id="runner"></span> &middot; <span id="users"></span> users
+ &middot; updated <span id="updated">never</span> &middot; <a href="./">Locust's page</a></div>
+<div id="warnings"></div>
+<h2>Operations in flight</h2>
+<div><span class="big">sync <b id="in-flight-sync">0</b></span>
+<span class="big">async <b id="in-flight-async">0</b></span>
+<span class="muted" id="in-flight-note"></span></div>
+<h2>Load generator, per process</h2>
+<p class="muted" id="limits"></p>
+<table id="processes"><thead><tr><th>process</th><th>CPU %</th><th>hub lag ms</th><th>loop lag ms</th>
+<th>in flight sync</th><th>in flight async</th><th>peak sync</th><th>peak async</th><th>over a limit</th>
+<th>report age s</th></tr></thead><tbody></tbody></table>
+<h2>Sync vs async</h2>
+<p class="muted" id="comparison-source"></p>
+<table id="comparison"><thead><tr><th rowspan="2">operation</th><th colspan="6">sync</th><th colspan="6">async</th>
+<th rowspan="2">p50 async / sync</th></tr><tr>
+<th>requests</th><th>failures</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>
+<th>requests</th><th>failures</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr></thead>
+<tbody></tbody></table>
+<h2>Set-up</h2>
+<table id="setup"><thead><tr><th>process</th><th>step</th><th>progress</th><th>done</th><th>state</th><th>per s</th>
+</tr></thead><tbody></tbody></table>
+<h2>Run configuration</h2>
+<table id="config"><tbody></tbody></table>
+<script>
+"use strict";
+const stateUrl = location.pathname.replace(/\\/+$/, "") + "/state";
+const fmt = v => v === null || v === undefined ? "" : String(v);
+function cell(tr, value, numeric) {
+  const td = document.createElement("td");
+  td.textContent = fmt(value);
+  if (numeric) td.className = "n";
+  tr.appendChild(td);
+  return td;
+}
+function fill(id, rows, build) {
+  const body = document.querySelector("#" + id + " tbody");
+  const fresh = document.createElement("tbody");
+  rows.forEach(row => { const tr = document.createElement("tr"); build(tr, row); fresh.appendChild(tr); });
+  body.replaceWith(fresh);
+}
+function render(s) {
+  document.getElementById("state").textContent = s.state;
+  document.getElementById("runner").textContent = s.runner;
+  document.getElementById("users").textContent = s.user_count;
+  document.getElementById("updated").textContent = s.time;
+  document.getElementById("in-flight-sync").textContent = s.in_flight.sync;
+  document.getElementById("in-flight-async").textContent = s.in_flight.async;
+  document.getElementById("in-flight-note").textContent = s.in_flight_note;
+  document.getElementById("limits").textContent = "Saturated: lag above " + s.limits.lag_ms + " ms or CPU above " +
+    s.limits.cpu_pct + " % of one core for " + s.limits.sustained_s + " s in a row. Figures: the last 3 s.";
+  document.getElementById("comparison-source").textContent = "From " + s.comparison.source + ".";
+  const warnings = document.getElementById("warnings");
+  warnings.replaceChildren(...s.warnings.map(w => {
+    const p = document.createElement("p"); p.textContent = w; return p;
+  }));
+  fill("processes", s.processes, (tr, p) => {
+    tr.dataset.process = p.process;
+    if (p.over_limit && p.over_limit.length) tr.className = "over";
+    cell(tr, p.process);
+    ["cpu_pct", "hub_lag_ms", "loop_lag_ms", "in_flight_sync", "in_flight_async", "peak_in_flight_sync",
+     "peak_in_flight_async"].forEach(k => cell(tr, p[k], true));
+    cell(tr, p.over_limit && p.over_limit.length ? p.over_limit.join(", ") : "none");
+    cell(tr, p.age_s, true);
+  });
+  fill("comparison", s.comparison.rows, (tr, r) => {
+    tr.dataset.op = r.name;
+    cell(tr, r.name);
+    ["sync", "async"].forEach(m => ["count", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"].forEach(
+      k => cell(tr, r[m] ? r[m][k] : null, true)));
+    const ratio = r.sync && r.async && r.sync.p50_ms ? (r.async.p50_ms / r.sync.p50_ms).toFixed(2) + "x" : "";
+    cell(tr, ratio, true);
+  });
+  fill("setup", s.setup, (tr, st) => {
+    cell(tr, st.process); cell(tr, st.name);
+    const bar = document.createElement("progress");
+    bar.max = st.total || 1; bar.value = st.total ? st.done : (st.state === "done" ? 1 : 0);
+    tr.appendChild(document.createElement("td")).appendChild(bar);
+    cell(tr, st.done + " / " + st.total + " " + st.unit, true); cell(tr, st.state); cell(tr, st.per_s, true);
+  });
+  fill("config", s.configuration, (tr, [label, value]) => {
+    const th = document.createElement("th"); th.textContent = label; tr.appendChild(th); cell(tr, value);
+  });
+}
+async function poll() {
+  try {
+    const response = await fetch(stateUrl, {cache: "no-store"});
+    if (response.ok) render(await response.json());
+  } catch (e) { document.getElementById("updated").textContent = "failed: " + e; }
+  setTimeout(poll, 1000);
+}
+poll();
+</script></body></html>
+"""
