@@ -49,7 +49,7 @@ def _tutorial(parser: argparse.ArgumentParser, args) -> int:
     from pathlib import Path
 
     from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
-    from locust_milvus.settings import ConfigError, check_uri
+    from locust_milvus.settings import ConfigError, check_uri, redact_uri
     from locust_milvus.tutorial import run, write_report
 
     try:
@@ -64,8 +64,8 @@ def _tutorial(parser: argparse.ArgumentParser, args) -> int:
     server = None
     try:
         if args.host:
-            uri = check_uri(args.host)
-            target = uri
+            uri = check_uri(args.host)  # pymilvus reads a user:password in it; tutorial.md must not show them
+            target = redact_uri(uri)
         else:
             server = EmbeddedMilvus()
             uri = server.start()

@@ -35,7 +35,7 @@ from locust_milvus.operations import RunState
 from locust_milvus.options import settings_from
 from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.settings import ConfigError
-from locust_milvus.store import open_async_store, open_store, prepare_collection, redact_uri
+from locust_milvus.store import load_truth, open_async_store, open_store, prepare_collection, redact_uri
 from locust_milvus.verify import VERIFY_EXIT_CODE, verify
 
 logger = logging.getLogger("locust_milvus")
@@ -128,6 +128,14 @@ def _stop_embedded() -> None:
         _server = None
 
 
+def embedded_metrics_url() -> str | None:
+    """The Prometheus endpoint of the embedded Milvus this process started (its health port serves /metrics too);
+    None when there is none (--host)."""
+    if _server is None or not _server.running() or _server.health_port is None:
+        return None
+    return f"http://127.0.0.1:{_server.health_port}/metrics"
+
+
 def _fail_run(environment, message: str) -> None:
     logger.error("locust-milvus: %s", message)
     runner = environment.runner
@@ -162,8 +170,15 @@ def _on_test_start(environment, **_kwargs) -> None:
                        if isinstance(runner, WorkerRunner) else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = get_bridge().run(open_async_store(settings)) if needs_async else None
+        truth = None
+        if settings.recall:
+            if isinstance(runner, WorkerRunner):
+                logger.warning("locust-milvus: --recall is measured in local runs only (a worker does not know "
+                               "the other workers' documents); not measured here")
+            else:
+                truth = load_truth(settings, ledger)
         _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore,
-                          source=_source(settings), total_users=int(total_users or 1))
+                          source=_source(settings), total_users=int(total_users or 1), truth=truth)
         pacing.reset()
         logger.info("locust-milvus: target %s, collection %r, weights %s", redact_uri(settings.uri),
                     settings.collection, settings.weights)

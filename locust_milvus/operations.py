@@ -21,6 +21,7 @@ from langchain_milvus import Milvus
 from locust_milvus.data import DocSource, IdLedger, number_of
 from locust_milvus.embeddings import embed_pool
 from locust_milvus.events import OperationFailed
+from locust_milvus.recall import GroundTruth
 from locust_milvus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RunState:
     query_vectors: list[list[float]] = field(default_factory=list)
     source: DocSource = field(default_factory=DocSource)
     total_users: int = 1  # the run's user count over all workers (--target-rps gives each user rate / this)
+    truth: GroundTruth | None = None  # --recall: the vectors of the documents this process wrote
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -53,7 +55,7 @@ class RunState:
         self._cum_weights = list(itertools.accumulate(chosen.values()))
         pools = {TABLE[name].pool for name in chosen}
         self.queries = self.source.queries(s.query_pool)
-        if not self.query_vectors and "query" in pools:
+        if not self.query_vectors and ("query" in pools or s.recall):
             self.query_vectors = (self.source.query_vectors(s.query_pool)
                                   or embed_pool(self.store.embeddings, s, self.queries, "query"))
         self.corpus: list[Document] = []
@@ -74,6 +76,19 @@ class RunState:
     def query_text(self) -> str:
         return self.rng.choice(self.queries)
 
+    def vector_of_query(self, text: str):
+        """The pool's vector of a query text (for recall: the text searches embed the same texts)."""
+        if not hasattr(self, "_by_text"):
+            self._by_text = dict(zip(self.queries, self.query_vectors, strict=False))
+        return self._by_text.get(text)
+
+    def embed_for_truth(self, call: Call, docs_key: str = "documents"):
+        """The vectors of what an acknowledged write stored (outside any timing), for --recall's ground truth."""
+        if "embeddings" in call.kwargs:
+            return call.kwargs["embeddings"]
+        texts = call.kwargs["texts"] if "texts" in call.kwargs else [d.page_content for d in call.kwargs[docs_key]]
+        return self.store.embeddings.embed_documents(texts)
+
 
 @dataclass
 class Call:
@@ -81,6 +96,12 @@ class Call:
 
     kwargs: dict
     mark: int = 0  # the ledger's added_total when prepared (the empty-search check)
+    # --recall (sampled searches): the query vector and the documents certainly visible when it started, and the
+    # recall@k measured when it ended (recall.py); it travels in the request event's context, not as a request
+    query_vector: Any = None
+    visible: Any = None
+    recall: float | None = None
+    mode: int = 0  # the client it goes through: 1 the sync store, 2 the async one (set by the user; recall.py)
 
 
 def _nothing(state: RunState, call: Call) -> None:
@@ -167,6 +188,8 @@ def _added(state: RunState, call: Call, result: list[str]) -> int:
     if len(result) != len(ids):
         raise OperationFailed(f"{len(result)} ids returned for {len(ids)} documents")
     state.ledger.added(ids)
+    if state.truth is not None:
+        state.truth.put(ids, state.embed_for_truth(call), call.mode)
     return len(result)
 
 
@@ -181,7 +204,13 @@ def _search(by_vector: bool, mmr: bool = False) -> Callable[[RunState], Call]:
             kwargs["fetch_k"] = max(s.fetch_k, s.top_k)
         if s.filter:
             kwargs["expr"] = s.filter
-        return Call(kwargs, mark=state.ledger.added_total)
+        call = Call(kwargs, mark=state.ledger.added_total)
+        if state.truth is not None and not mmr and not s.filter and state.rng.random() < s.recall:
+            # MMR re-ranks for diversity and a filter narrows the candidates: neither is a plain top k
+            call.query_vector = kwargs["embedding"] if by_vector else state.vector_of_query(kwargs["query"])
+            if call.query_vector is not None:
+                call.visible = state.truth.visible()
+        return call
 
     return prepare
 
@@ -196,6 +225,12 @@ def _found(state: RunState, call: Call, result: list) -> int:
     guaranteed = s.consistency_level in ("Strong", "Session") and not call.kwargs.get("expr")
     if not result and guaranteed and state.ledger.holds_any_added_before(call.mark):
         raise OperationFailed("no documents returned from a collection known to be non-empty")
+    if call.visible is not None:
+        pk = s.primary_field
+        docs = [d[0] if isinstance(d, tuple) else d for d in result]
+        call.recall = state.truth.recall(call.query_vector, [str(d.metadata.get(pk)) for d in docs],
+                                         call.kwargs["k"], call.visible, call.mode,
+                                         strong=s.consistency_level == "Strong")
     return len(result)
 
 
@@ -219,8 +254,20 @@ def _counted(state: RunState, call: Call, result: list) -> int:
 
 # --- delete and upsert: only ids this process owns -----------------------------------------------------------
 
-def _delete(state: RunState) -> Call | None:
+def _take(state: RunState) -> list[str]:
     ids = state.ledger.take(state.settings.batch_size)
+    if state.truth is not None:
+        state.truth.in_flight.update(ids)
+    return ids
+
+
+def _settled(state: RunState, call: Call) -> None:
+    if state.truth is not None:
+        state.truth.in_flight.difference_update(call.kwargs["ids"])
+
+
+def _delete(state: RunState) -> Call | None:
+    ids = _take(state)
     return Call({"ids": ids}) if ids else None
 
 
@@ -228,17 +275,21 @@ def _deleted(state: RunState, call: Call, result: bool | None) -> int:
     if result is False:
         raise OperationFailed("delete returned False (LangChain logged the MilvusException it caught)")
     state.ledger.deleted(call.kwargs["ids"])
+    if state.truth is not None:
+        state.truth.remove(call.kwargs["ids"])
+    _settled(state, call)
     return len(call.kwargs["ids"])
 
 
 def _give_back(state: RunState, call: Call) -> None:
     state.ledger.give_back(call.kwargs["ids"])
+    _settled(state, call)  # (still in the truth: maybe there, maybe not; the next write of them decides)
 
 
 def _upsert(state: RunState) -> Call | None:
     # The oldest owned ids get new content. They are taken out of the ledger while the upsert runs (so no
     # delete races it) and come back as the newest when it has succeeded.
-    ids = state.ledger.take(state.settings.batch_size)
+    ids = _take(state)
     if not ids:
         return None
     return Call({"ids": ids, "documents": [state.source.document(number_of(i), state.rng) for i in ids]})
@@ -246,6 +297,9 @@ def _upsert(state: RunState) -> Call | None:
 
 def _upserted(state: RunState, call: Call, result: None) -> int:
     state.ledger.added(call.kwargs["ids"])
+    if state.truth is not None:
+        state.truth.put(call.kwargs["ids"], state.embed_for_truth(call), call.mode)
+    _settled(state, call)
     return len(call.kwargs["ids"])
 
 

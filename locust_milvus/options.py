@@ -10,10 +10,27 @@ from __future__ import annotations
 from locust import events
 
 import argparse
+import logging
+import os
+import re
+import sys
+
+from dotenv import find_dotenv, load_dotenv
 
 from locust_milvus.operations import TABLE
+from locust_milvus.pacing import parse_target_rps
 from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
-from locust_milvus.settings import ConfigError, Settings, check_uri, is_identifier
+from locust_milvus.settings import (
+    MAX_NAME_LENGTH,
+    ConfigError,
+    Settings,
+    check_uri,
+    is_identifier,
+    redact_uri,
+    split_credentials,
+)
+
+logger = logging.getLogger("locust_milvus")
 
 # Why the default weights (in operations.py): a RAG service mostly reads. 8 searches to 1 add and 1 delete
 # (both of --batch-size documents) keeps the collection about the size --prepopulate made it, so a long run
@@ -50,9 +67,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a whole number >= 1, got 0")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
 
 
@@ -85,7 +105,21 @@ def add_arguments(parser) -> None:
         target,
         # Not in the web UI: Locust's is_secret masks the field but still sends its value to the browser.
         "--milvus-token", env_var="LOCUST_MILVUS_TOKEN", default="", in_web_ui=False,
-        help="Milvus token ('user:password' or an API key) for --host. Never logged or shown, not in the web UI.",
+        help="Milvus token ('user:password' or an API key) for --host. Never logged or shown, not in the web UI. "
+        "Prefer LOCUST_MILVUS_TOKEN (or .env): a command line is visible to every user of the host until the "
+        "process hides it.",
+    )
+    _option(
+        target,
+        "--milvus-ca-file", env_var="LOCUST_MILVUS_CA_FILE", default="",
+        help="PEM file of the CA that signed the server's TLS certificate (or the self-signed certificate), for "
+        "an https:// --host (default: gRPC's bundled public roots).",
+    )
+    _option(
+        target,
+        "--milvus-server-name", env_var="LOCUST_MILVUS_SERVER_NAME", default="",
+        help="Name the server's TLS certificate must carry, when it differs from the --host's host (an IP "
+        "address, a tunnel; default: the --host's host).",
     )
     _option(
         target,
@@ -226,6 +260,31 @@ def add_arguments(parser) -> None:
         "--metadata-filter", env_var="LOCUST_METADATA_FILTER", default="category == 'cat_1'",
         help="Expression of the search_by_metadata and get_pks tasks (default: \"category == 'cat_1'\").",
     )
+    _option(
+        workload,
+        "--target-rps", env_var="LOCUST_TARGET_RPS", default="",
+        help="Open model: start operations at planned times at these total rates, e.g. 'search=200,add=20', "
+        "shared by all users and workers, whatever the responses (weights are then unused). Reports both the "
+        "service time and the latency from the planned start (default: off, closed loop).",
+    )
+    _option(
+        workload,
+        "--seal", env_var="LOCUST_SEAL", action="store_true", default=False,
+        help="Flush the pre-populated documents and wait until Milvus serves them from the index before load "
+        "starts (15 to 20 s). Without it they stay in growing segments, searched exactly. On with --recall.",
+    )
+    _option(
+        workload,
+        "--recall", env_var="LOCUST_RECALL", type=float, default=0.0,
+        help="Share of the searches (0 to 1) whose recall@k is measured against exact nearest neighbours of the "
+        "documents this run wrote, computed with numpy (default: 0, off; local runs only).",
+    )
+    _option(
+        workload,
+        "--verify", env_var="LOCUST_VERIFY", action="store_true", default=False,
+        help="At the end, check the collection against every write Milvus acknowledged (nothing lost, no deleted "
+        "document back, no duplicates); exit code 4 if not.",
+    )
     for name, (minimum, default, help_text) in WHOLE_NUMBERS.items():
         _option(
             workload,
@@ -249,6 +308,12 @@ def add_arguments(parser) -> None:
         "--report-name", env_var="LOCUST_REPORT_NAME", default="",
         help="Name part of the report folder (default: the --config file's name without .conf, else 'run').",
     )
+    _option(
+        report,
+        "--milvus-metrics-url", env_var="LOCUST_MILVUS_METRICS_URL", default="",
+        help="Milvus's Prometheus endpoint, e.g. http://HOST:9091/metrics, scraped by the master during the test for "
+        "the report's server-side latencies (default: the embedded Milvus's own when there is no --host, else off).",
+    )
     for metric, percentile in LATENCY_METRICS.items():
         _option(
             report,
@@ -265,6 +330,11 @@ def add_arguments(parser) -> None:
         report,
         "--check-rps", env_var="LOCUST_CHECK_RPS", default="",
         help="Minimum requests per second, e.g. 'add=100' or '50' (every operation).",
+    )
+    _option(
+        report,
+        "--check-recall", env_var="LOCUST_CHECK_RECALL", default="",
+        help="Minimum mean recall@k of the searches --recall judged, e.g. '0.95' or 'search_by_vector=0.9'.",
     )
 
 
@@ -303,14 +373,20 @@ def settings_from(environment, host: str | None = None) -> Settings:
         timeout = 0.0
     if not timeout > 0:
         raise ConfigError(f"--milvus-timeout must be a number of seconds > 0, got {o.milvus_timeout!r}")
-    if not is_identifier(str(o.collection or "")):
+    name = str(o.collection or "")
+    if not is_identifier(name):
+        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
         raise ConfigError(
-            f"--collection {o.collection!r} is not a valid Milvus collection name: "
-            "use letters, digits and underscores, starting with a letter or underscore"
+            f"--collection {shown!r} is not a valid Milvus collection name: use letters, digits and underscores, "
+            f"starting with a letter or underscore, at most {MAX_NAME_LENGTH} characters"
         )
+    uri, uri_token = split_credentials(check_uri(host))
+    ca_file, server_name = _tls_options(o, uri)
     return Settings(
-        uri=check_uri(host),
-        token=o.milvus_token or "",
+        uri=uri,
+        token=uri_token or o.milvus_token or "",  # the host's own credentials win, as in hide_host_credentials
+        ca_file=ca_file,
+        server_name=server_name,
         collection=o.collection,
         drop_collection=bool(o.drop_collection),
         consistency_level=o.consistency_level,
@@ -336,7 +412,45 @@ def settings_from(environment, host: str | None = None) -> Settings:
         openai_model=str(o.openai_model or "text-embedding-3-small"),
         openai_dimensions=_as_int(o, "openai_dimensions"),
         embedding_cache=str(o.embedding_cache or "").strip(),
+        verify=bool(o.verify),
+        recall=_share(o, "recall"),
+        seal=bool(getattr(o, "seal", False)),
+        target_rps=parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE)),
     )
+
+
+def _tls_options(o, uri: str) -> tuple[str, str]:
+    """--milvus-ca-file (checked: readable, PEM) and --milvus-server-name, which only an https URI uses."""
+    ca_file = str(getattr(o, "milvus_ca_file", "") or "").strip()
+    server_name = str(getattr(o, "milvus_server_name", "") or "").strip()
+    if (ca_file or server_name) and not uri.startswith("https://"):
+        flag = "--milvus-ca-file" if ca_file else "--milvus-server-name"
+        raise ConfigError(f"{flag} is for TLS, but --host {redact_uri(uri)!r} is not https://: use an https:// "
+                          "--host (the embedded Milvus has no TLS)")
+    if ca_file:
+        try:
+            with open(os.path.expanduser(ca_file), "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise ConfigError(f"--milvus-ca-file {ca_file!r} cannot be read ({e.strerror}): give the path of the "
+                              "CA's PEM file") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ConfigError(f"--milvus-ca-file {ca_file!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                              ": give the CA's certificate in PEM form")
+        # Resolved here, on the master: workers (other processes, maybe other directories) read the same path.
+        ca_file = os.path.abspath(os.path.expanduser(ca_file))
+    return ca_file, server_name
+
+
+def _share(o, name: str) -> float:
+    try:
+        value = float(getattr(o, name) or 0.0)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--{name} must be a share between 0 and 1 (e.g. 0.1 for one search in ten), "
+                          f"got {getattr(o, name)!r}")
+    return value
 
 
 def _json_object(o, name: str) -> dict | None:
@@ -371,3 +485,75 @@ def _embedding_choice(o) -> str:
 
         check_openai_key()
     return choice
+
+
+def hide_host_credentials(environment) -> None:
+    """Take a user:password out of the host URI and make it the token.
+
+    Locust shows ``environment.host`` in its web UI and its HTML report, and sends it to workers; a password in it
+    would be shown there. pymilvus takes the same credentials as a ``user:password`` token, which is never shown.
+    The host's credentials win over --milvus-token (as in settings_from), with a warning when they differ.
+    """
+    o = environment.parsed_options
+    host = environment.host or (getattr(o, "host", None) if o is not None else None) or ""
+    bare, token = split_credentials(host)
+    if not token:
+        return
+    environment.host = bare
+    if o is not None:
+        o.host = bare
+        if o.milvus_token and o.milvus_token != token:
+            logger.warning("locust-milvus: --host holds credentials; they replace --milvus-token")
+        o.milvus_token = token
+
+
+@events.init.add_listener
+def _on_init(environment, **_kwargs) -> None:
+    hide_host_credentials(environment)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kwargs) -> None:
+    hide_host_credentials(environment)  # a host typed into the web UI's form
+
+
+_SECRET_FLAG = "--milvus-token"
+_URI_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
+
+
+def hidden_argv(argv: list[str]) -> list[str] | None:
+    """``argv`` with the --milvus-token value and URI credentials masked, or None when there is nothing to hide."""
+    shown, hide_next = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if hide_next:
+            shown.append("***")
+        # argparse accepts an unambiguous prefix of an option (--milvus-tok); --milvus-t could be --milvus-timeout
+        elif name.startswith("--milvus-tok") and _SECRET_FLAG.startswith(name):
+            shown.append(f"{name}=***" if eq else arg)
+        else:
+            shown.append(_URI_CREDENTIALS.sub(r"\1***@", arg))
+        hide_next = arg.startswith("--milvus-tok") and _SECRET_FLAG.startswith(arg)
+    return shown if shown != argv else None
+
+
+def _hide_secrets_from_process_title() -> None:
+    # Every user of the host sees a process's command line (ps, /proc/PID/cmdline). Overwrite ours as soon as our
+    # code runs: Locust imports the locustfile before it parses the command line and before --processes forks, so
+    # the workers inherit the masked title. Locust parses sys.argv, which setproctitle does not change.
+    shown = hidden_argv(sys.orig_argv)  # the interpreter's own arguments too (python -m locust ...)
+    if shown is None:
+        return
+    try:
+        from setproctitle import setproctitle
+    except ImportError:  # a dependency; without it, say so rather than fail
+        logger.warning("locust-milvus: setproctitle is missing: the command line (with its secret) stays visible")
+        return
+    setproctitle(" ".join(shown))
+
+
+# LOCUST_MILVUS_TOKEN (any LOCUST_* option) and OPENAI_API_KEY may live in ./.env. Locust parses options from the
+# environment right after importing the locustfile, before any init listener, so the file is read here; variables
+# already set in the environment win.
+load_dotenv(find_dotenv(usecwd=True), override=False)
+_hide_secrets_from_process_title()

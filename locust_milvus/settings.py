@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,12 @@ class Settings:
     query_pool: int = 50
     corpus_pool: int = 0
     embedding_cache: str = ""
+    ca_file: str = ""  # PEM file of the CA that signed the server's certificate (https URIs)
+    server_name: str = ""  # name to verify the server's certificate against, when it differs from the URI's
+    verify: bool = False
+    seal: bool = False  # --seal: flush the pre-populated documents and wait until they are served indexed
+    recall: float = 0.0  # --recall: share of searches whose recall@k is measured (0: off)
+    target_rps: dict = field(default_factory=dict)  # --target-rps: operation -> operations/s over the whole run
 
     @property
     def store_kwargs(self) -> dict:
@@ -83,20 +89,52 @@ class Settings:
 
 
 def check_uri(uri: str) -> str:
-    """Return the URI normalised, or raise ConfigError naming the fix."""
+    """Return the URI normalised, or raise ConfigError naming the fix (the message shows no credentials)."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname:
         raise ConfigError(
-            f"--host {uri!r} is not a Milvus URI: use http://HOST:19530 or https://HOST:443, "
+            f"--host {redact_uri(uri)!r} is not a Milvus URI: use http://HOST:19530 or https://HOST:443, "
             "or leave --host empty to start the embedded Milvus"
         )
     try:
         _ = parts.port  # urlsplit parses the port lazily; a bad one raises here
     except ValueError:
-        raise ConfigError(f"--host {uri!r} has an invalid port: use a number between 1 and 65535") from None
+        raise ConfigError(f"--host {redact_uri(uri)!r} has an invalid port: use a number between 1 and 65535") \
+            from None
     return uri.rstrip("/")
 
 
+def redact_uri(uri: str) -> str:
+    """The URI without any user:password part, for logs, reports and the web UI (also for a malformed URI)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit((parts.scheme, "***@" + parts.netloc.rpartition("@")[2], parts.path, parts.query,
+                       parts.fragment))
+
+
+def split_credentials(uri: str) -> tuple[str, str]:
+    """``(uri without user:password, "user:password")``: Milvus takes credentials as a token of that form.
+
+    pymilvus would read them from the URI itself, but then the URI, which Locust shows in its web UI and HTML
+    report and we print in logs, holds the password. Percent-escapes are decoded (a password with "@" or ":"
+    must be written %40, %3A in a URI).
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, ""
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = unquote(user) + (":" + unquote(password) if password else "")
+    return urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment)), token
+
+
+# Milvus's default proxy.maxNameLength: a longer collection or field name is refused by the server.
+MAX_NAME_LENGTH = 255
+
+
 def is_identifier(name: str) -> bool:
-    """Whether Milvus accepts ``name`` for a collection or field: letters, digits, underscores, no leading digit."""
-    return bool(name) and name.replace("_", "a").isalnum() and not name[0].isdigit()
+    """Whether Milvus accepts ``name`` for a collection or field: ASCII letters, digits and underscores, no leading
+    digit, at most MAX_NAME_LENGTH characters."""
+    return (0 < len(name) <= MAX_NAME_LENGTH and name.isascii() and name.replace("_", "a").isalnum()
+            and not name[0].isdigit())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import socket
+import ssl
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from langchain_milvus import Milvus
 from pymilvus import DataType, MilvusClient
@@ -13,7 +16,9 @@ from pymilvus import DataType, MilvusClient
 from locust_milvus.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
 from locust_milvus.embeddings import embedding_for
 from locust_milvus.events import one_line
-from locust_milvus.settings import ConfigError, Settings
+from locust_milvus.progress import progress
+from locust_milvus.recall import GroundTruth
+from locust_milvus.settings import ConfigError, Settings, redact_uri
 
 logger = logging.getLogger(__name__)
 PREPOPULATE_BATCH = 1000
@@ -22,20 +27,91 @@ PREPOPULATE_BATCH = 1000
 SETUP_TIMEOUT_S = 60.0
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without any user:password part, for logs."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return uri
-
-
 def connection_args(settings: Settings) -> dict:
+    """Arguments of pymilvus's MilvusClient / AsyncMilvusClient (LangChain's ``connection_args``).
+
+    TLS: an https URI makes pymilvus open a secure channel verified against gRPC's bundled roots; ``server_pem_path``
+    replaces those roots with the given PEM file (one-way TLS: the file is the CA, or the server's self-signed
+    certificate), and ``server_name`` is the name the certificate must carry when the URI's host differs.
+    """
     args = {"uri": settings.uri}
     if settings.token:
         args["token"] = settings.token
+    if urlsplit(settings.uri).scheme == "https":
+        args["secure"] = True
+        if settings.ca_file:
+            args["server_pem_path"] = settings.ca_file
+        if settings.server_name:
+            args["server_name"] = settings.server_name
     return args
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Why a TLS handshake with the server fails, or None (it succeeds, or the server cannot be reached at all).
+
+    Asked only after pymilvus failed to connect: gRPC reports a failed handshake as an unavailable server after its
+    deadline, while Python's ssl module says exactly what is wrong with the certificate. For an http URI, a server
+    that completes a handshake speaks TLS and wants https.
+    """
+    parts = urlsplit(settings.uri)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 19530)
+    if secure:
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])  # gRPC servers may insist on HTTP/2 being negotiated
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=min(settings.timeout, 5.0)) as raw, \
+                context.wrap_socket(raw, server_hostname=settings.server_name or parts.hostname):
+            return None if secure else "the server speaks TLS"
+    except ssl.SSLCertVerificationError as exc:
+        return f"certificate verify failed: {exc.verify_message}"
+    except ssl.SSLError as exc:  # e.g. WRONG_VERSION_NUMBER: a plain server behind an https URI
+        if not secure:
+            return None
+        return exc.reason or type(exc).__name__
+    except OSError:
+        return None
+
+
+def _grpc_status(exc: BaseException) -> tuple[str, str]:
+    """The gRPC status code name and details under a pymilvus exception (pymilvus keeps the RPC error as cause)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "code", None)
+        if callable(code) and callable(getattr(exc, "details", None)):
+            try:
+                return code().name, str(exc.details() or "")
+            except Exception:  # noqa: BLE001 - not a gRPC error after all
+                pass
+        exc = exc.__cause__ or exc.__context__
+    return "", ""
+
+
+def connect_error(settings: Settings, exc: BaseException) -> ConfigError:
+    """One line naming what to fix when the first connection to Milvus fails (never the token)."""
+    where = redact_uri(settings.uri)
+    tls = _tls_problem(settings)
+    if tls and urlsplit(settings.uri).scheme != "https":
+        return ConfigError(f"cannot reach Milvus at {where}: {tls}: use https:// in --host")
+    if tls:
+        fix = (f"--milvus-ca-file {settings.ca_file} did not verify the server's certificate: give the CA that "
+               "signed it" if settings.ca_file else "give the CA that signed the server's certificate with "
+               "--milvus-ca-file")
+        return ConfigError(f"TLS handshake with {where} failed ({tls}): {fix} (and --milvus-server-name if the "
+                           "certificate names another host)")
+    code, details = _grpc_status(exc)
+    if code == "UNAUTHENTICATED":
+        if settings.token:
+            details = details.replace(settings.token, "***")
+        return ConfigError(f"Milvus at {where} refused the credentials ({details or code}): check --milvus-token "
+                           "(user:password or an API key) or the user:password in --host")
+    return ConfigError(f"cannot reach Milvus at {where} within {settings.timeout:g} s ({type(exc).__name__}): "
+                       "check --host (http:// or https://) and --milvus-token, or leave --host empty to use the "
+                       "embedded Milvus")
 
 
 def _milvus(settings: Settings, timeout: float) -> Milvus:
@@ -128,6 +204,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     Raises ConfigError, with one line naming the fix, before anything is written.
     """
     where = redact_uri(settings.uri)
+    progress.reset()
     try:
         # The collection's dimension is the embedding's: --dim for the fake one, the model's for OpenAI.
         probe = embedding_for(settings).embed_query("schema")
@@ -142,10 +219,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
         exists = client.has_collection(settings.collection, timeout=settings.timeout)
     except Exception as exc:  # noqa: BLE001 - any failure here means the target is unusable
-        raise ConfigError(
-            f"cannot reach Milvus at {where} within {settings.timeout:g} s ({type(exc).__name__}): "
-            "check --host and --milvus-token, or leave --host empty to use the embedded Milvus"
-        ) from None
+        raise connect_error(settings, exc) from None
     try:
         existing = _vector_dim(client, settings.collection, settings.vector_field) if exists else None
         replace = exists and not settings.existing_collection and (settings.drop_collection or owned_here)
@@ -182,19 +256,76 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     rng = random.Random(0)
     written: list[str] = []
     began = time.perf_counter()
-    for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
-        ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng, source)
-        if source.has_vectors:  # the dataset's own vectors: nothing to embed
-            store.add_embeddings([d.page_content for d in docs], [source.vector(number_of(i)) for i in ids],
-                                 [d.metadata for d in docs], ids=ids, timeout=setup_timeout)
-        else:
-            store.add_documents(docs, ids=ids, timeout=setup_timeout)
-        written.extend(ids)
-        elapsed = time.perf_counter() - began
-        logger.info("locust-milvus: pre-populated %d/%d documents (%.0f documents/s)", len(written),
-                    settings.prepopulate, len(written) / elapsed if elapsed else 0.0)
+    with progress.step("pre-population", settings.prepopulate, "documents") as step:  # the web UI's run page
+        for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
+            ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng, source)
+            if source.has_vectors:  # the dataset's own vectors: nothing to embed
+                store.add_embeddings([d.page_content for d in docs], [source.vector(number_of(i)) for i in ids],
+                                     [d.metadata for d in docs], ids=ids, timeout=setup_timeout)
+            else:
+                store.add_documents(docs, ids=ids, timeout=setup_timeout)
+            written.extend(ids)
+            step.advance(len(written))
+            elapsed = time.perf_counter() - began
+            logger.info("locust-milvus: pre-populated %d/%d documents (%.0f documents/s)", len(written),
+                        settings.prepopulate, len(written) / elapsed if elapsed else 0.0)
     ledger.added(written)
+    if written and (settings.seal or settings.recall):
+        _seal_and_index(store.client, settings, setup_timeout, len(written))
     logger.info("locust-milvus: collection %r ready on %s (dim %d, %s embedding, %d documents pre-populated)",
                 settings.collection, where, dim, settings.embedding, len(written))
     store.client.close()
     return written
+
+
+def _seal_and_index(client: MilvusClient, settings: Settings, timeout: float, rows: int) -> None:
+    """Flush the pre-populated documents and wait until the index covers them, as in a collection that was filled
+    long before the test. Unflushed, they stay in growing segments, which Milvus searches by brute force or with a
+    temporary index: --index-type and --search-params would then not shape the results (nor recall) at all.
+    Milvus leaves segments below about 1,024 rows unindexed whatever we wait for, so the wait ends there too.
+    It takes 15 to 20 s here (the query node's hand-off), so it is asked for: --seal, or --recall."""
+    began = time.perf_counter()
+    client.flush(settings.collection, timeout=timeout)
+    info: dict = {}
+    while time.perf_counter() - began < timeout:
+        info = client.describe_index(settings.collection, settings.vector_field, timeout=timeout) or {}
+        if not info.get("pending_index_rows"):
+            break
+        time.sleep(0.5)
+    # An index built is not an index served: the query node keeps answering from the growing segment (exactly)
+    # until it has loaded the sealed, indexed one. Wait for that hand-off too.
+    while time.perf_counter() - began < timeout:
+        segments = client.list_loaded_segments(settings.collection, timeout=timeout)
+        if sum(seg.num_rows for seg in segments if getattr(seg.state, "name", seg.state) == "Sealed") >= rows:
+            break
+        time.sleep(0.5)
+    logger.info("locust-milvus: pre-populated documents flushed; index %s covers %s of %s rows (%.1f s)",
+                info.get("index_type", "?"), info.get("indexed_rows", "?"), info.get("total_rows", "?"),
+                time.perf_counter() - began)
+
+
+def load_truth(settings: Settings, ledger: IdLedger) -> GroundTruth:
+    """--recall's ground truth, starting from the vectors Milvus stored for the documents this process owns
+    (the pre-populated ones), read back once at test start (untimed)."""
+    truth = None
+    client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
+    try:
+        ids = list(ledger._live)
+        for start in range(0, max(len(ids), 1), 1000):
+            chunk = ids[start:start + 1000]
+            if not chunk:
+                break
+            rows = client.query(settings.collection, filter=f"{settings.primary_field} in {json.dumps(chunk)}",
+                                output_fields=[settings.primary_field, settings.vector_field],
+                                consistency_level="Strong", timeout=max(settings.timeout, SETUP_TIMEOUT_S))
+            if truth is None and rows:
+                truth = GroundTruth(len(rows[0][settings.vector_field]), settings.metric)
+            if rows:
+                truth.put([str(r[settings.primary_field]) for r in rows], [r[settings.vector_field] for r in rows])
+    finally:
+        client.close()
+    if truth is None:
+        truth = GroundTruth(len(embedding_for(settings).embed_query("dimension")), settings.metric)
+    logger.info("locust-milvus: --recall: ground truth of %d documents (%s), %g of the searches judged",
+                truth.n, settings.metric, settings.recall)
+    return truth

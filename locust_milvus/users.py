@@ -70,6 +70,7 @@ class SyncMilvusUser(MilvusUser):
         if call is None:
             gevent.sleep(SKIP_PAUSE_S)
             return
+        call.mode = 1  # the sync store's client (recall.py: Session consistency is per client)
         method = getattr(state.store, op.method)
         result, exc = None, None
         monitor.enter(SYNC)
@@ -86,12 +87,18 @@ class SyncMilvusUser(MilvusUser):
                 elapsed = time.perf_counter() - start
                 monitor.leave(SYNC)
         length, exc = op.complete(state, call, result, exc)
-        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds, _since(planned, start + elapsed))
+        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds, _context(call, planned, start + elapsed))
 
 
-def _since(planned: float | None, ended: float) -> dict | None:
-    """The request's context under --target-rps: its latency from the planned start, in float ms."""
-    return None if planned is None else {"corrected_ms": (ended - planned) * 1000.0}
+def _context(call: Call, planned: float | None, ended: float) -> dict | None:
+    """What the report records of a request besides its time: its latency from the planned start under
+    --target-rps (float ms), and its recall@k when --recall sampled it (not a request of its own)."""
+    context = {}
+    if planned is not None:
+        context["corrected_ms"] = (ended - planned) * 1000.0
+    if call.recall is not None:
+        context["recall"] = call.recall
+    return context or None
 
 
 def _cancelled(state: RunState, op: Operation, calls: list[Call]) -> None:
@@ -146,6 +153,8 @@ class AsyncMilvusUser(MilvusUser):
         if not batch:
             gevent.sleep(SKIP_PAUSE_S)
             return
+        for call in batch:
+            call.mode = 2  # the async store's client
         try:
             outcomes = get_bridge().run(_gather(state, op, batch))
         except BaseException:  # GreenletExit at stop: the bridge cancelled the calls, mid-flight
@@ -153,4 +162,5 @@ class AsyncMilvusUser(MilvusUser):
             raise
         for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
-            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds, _since(planned, start + elapsed))
+            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds,
+                  _context(call, planned, start + elapsed))

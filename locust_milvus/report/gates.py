@@ -22,7 +22,7 @@ from locust_milvus.settings import ConfigError
 # handler, and -1 (255) for some set-up errors; a failed gate is told apart from all of them.
 GATE_EXIT_CODE = 3
 LATENCY_METRICS = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
-METRICS = (*LATENCY_METRICS, "fail_ratio", "rps")
+METRICS = (*LATENCY_METRICS, "fail_ratio", "rps", "recall")
 MODES = ("sync", "async")
 _ITEM = re.compile(r"^(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*|\*)?(?:@(?P<mode>[A-Za-z]+))?=)?(?P<value>[^=]+)$")
 _DURATION = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|µs|ms|s)?$")
@@ -66,7 +66,8 @@ def parse(metric: str, spec: str, known_names: set[str] | None = None) -> list[G
     if not spec:
         return []
     flag = option_name(metric)
-    example = {"fail_ratio": "0.01, 1% or add=0.05", "rps": "100 or add=100"}.get(metric, "50ms or search=5ms")
+    example = {"fail_ratio": "0.01, 1% or add=0.05", "rps": "100 or add=100",
+               "recall": "0.95 or search_by_vector=0.9"}.get(metric, "50ms or search=5ms")
     gates: dict[tuple[str | None, str | None], Gate] = {}
     for item in (part.strip() for part in spec.split(",")):
         match = _ITEM.match(item)
@@ -101,9 +102,12 @@ def _threshold(metric: str, value: str, flag: str, spec: str, example: str) -> f
         number = float(value[:-1] if percent else value)
     except ValueError:
         number = float("nan")
-    if metric == "fail_ratio":
+    if metric in ("fail_ratio", "recall"):
         ratio = number / 100.0 if percent else number
         if not 0.0 <= ratio <= 1.0:  # also refuses nan
+            if metric == "recall":
+                raise ConfigError(f"{flag} {spec!r}: {value!r} is not a recall between 0 and 1 (or 0% and "
+                                  f"100%), e.g. {example}")
             raise ConfigError(f"{flag} {spec!r}: {value!r} is not a fail ratio between 0 and 1 (or 0% and 100%), "
                               f"e.g. {example}")
         return ratio
@@ -129,7 +133,9 @@ def evaluate(gates: list[Gate], rows: list[dict]) -> list[Outcome]:
         if not of_metric:
             continue
         judged: set[Gate] = set()
-        for row in rows:
+        named = {g.name for g in of_metric}
+        # Recall exists only for the searches it sampled: a gate for every operation judges those rows alone.
+        for row in rows if metric != "recall" else [r for r in rows if r.get("recall_samples") or r["name"] in named]:
             applicable = [g for g in of_metric if g.name in (None, row["name"]) and g.mode in (None, row["mode"])]
             if applicable:
                 gate = max(applicable, key=lambda g: g.specificity)
@@ -144,7 +150,8 @@ def evaluate(gates: list[Gate], rows: list[dict]) -> list[Outcome]:
 
 
 def _what(metric: str, name: str, mode: str | None) -> str:
-    label = {"fail_ratio": "fail ratio", "rps": "RPS"}.get(metric, metric.replace("p999", "p99.9"))
+    label = {"fail_ratio": "fail ratio", "rps": "RPS", "recall": "mean recall"}.get(metric,
+                                                                                 metric.replace("p999", "p99.9"))
     return f"{label} of {name}" + (f" ({mode})" if mode else "")
 
 
@@ -161,11 +168,18 @@ def _judge(gate: Gate, row: dict) -> Outcome:
         measured = row["fail_ratio"]
         passed = measured <= gate.threshold
         shown, limit = f"{measured:.4f}", f"{gate.threshold:g}"
+    elif gate.metric == "recall":  # a minimum of the mean recall@k
+        measured = row.get("recall_mean")
+        if measured is None:
+            return Outcome(False, f"CHECK FAILED: {what}: no recall measured (--recall 0, or no search judged)",
+                           gate.metric, row["name"], row["mode"], None, gate.threshold)
+        passed = measured >= gate.threshold
+        shown, limit = f"{measured:.4f}", f"{gate.threshold:g}"
     else:  # rps: a minimum
         measured = row["rps"]
         passed = measured >= gate.threshold
         shown, limit = f"{measured:.1f}", f"{gate.threshold:g}"
-    if gate.metric == "rps":
+    if gate.metric in ("rps", "recall"):
         line = f"{what} {shown} {'>=' if passed else '<'} {limit}"
     else:
         line = f"{what} {shown} {'<=' if passed else '>'} {limit}"

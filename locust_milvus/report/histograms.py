@@ -65,12 +65,14 @@ def percentiles_ms(histogram: HdrHistogram) -> dict[float, float]:
 class Series:
     """One (request_type, name): its histogram and its per-second success and failure counts."""
 
-    __slots__ = ("histogram", "corrected", "ok", "failed")
+    __slots__ = ("histogram", "corrected", "ok", "failed", "recall")
 
     def __init__(self) -> None:
         self.histogram = new_histogram()
         # --target-rps: latency from the planned start (coordinated-omission corrected); made on first use
         self.corrected: HdrHistogram | None = None
+        # --recall: epoch second -> [sum of recall@k, searches judged, lowest]; a metric, not requests
+        self.recall: dict[int, list[float]] = {}
         self.ok: dict[int, int] = {}  # epoch second -> requests that succeeded in it
         self.failed: dict[int, int] = {}
 
@@ -102,10 +104,13 @@ class Recorder:
             series = self.series[(request_type, name)] = Series()
         if response_time is not None:
             _record_ms(series.histogram, response_time)
-        if context and "corrected_ms" in context:
-            if series.corrected is None:
-                series.corrected = new_histogram()
-            _record_ms(series.corrected, context["corrected_ms"])
+        if context:
+            if "corrected_ms" in context:
+                if series.corrected is None:
+                    series.corrected = new_histogram()
+                _record_ms(series.corrected, context["corrected_ms"])
+            if "recall" in context:
+                _add_recall(series.recall, int(now), [context["recall"], 1, context["recall"]])
         second = int(now)
         if exception is None:
             series.ok[second] = series.ok.get(second, 0) + 1
@@ -144,6 +149,7 @@ class Recorder:
                     "histogram": s.histogram.encode().decode("ascii") if s.histogram.get_total_count() else "",
                     "corrected": s.corrected.encode().decode("ascii") if s.corrected is not None
                     and s.corrected.get_total_count() else "",
+                    "recall": [[sec, *r] for sec, r in s.recall.items()],
                     "seconds": [[sec, s.ok.get(sec, 0), s.failed.get(sec, 0)]
                                 for sec in sorted(s.ok.keys() | s.failed.keys())],
                 }
@@ -165,6 +171,8 @@ class Recorder:
                 series = self.series[key] = Series()
             if item["histogram"]:
                 merge_into(series.histogram, HdrHistogram.decode(item["histogram"]))
+            for sec, *r in item.get("recall", ()):
+                _add_recall(series.recall, sec, r)
             if item.get("corrected"):
                 if series.corrected is None:
                     series.corrected = new_histogram()
@@ -184,6 +192,16 @@ class Recorder:
             theirs, ours = payload.get(attr), getattr(self, attr)
             if theirs is not None:
                 setattr(self, attr, theirs if ours is None else pick(ours, theirs))
+
+
+def _add_recall(by_second: dict[int, list[float]], second: int, value: list[float]) -> None:
+    mine = by_second.get(second)
+    if mine is None:
+        by_second[second] = list(value)
+    else:
+        mine[0] += value[0]
+        mine[1] += value[1]
+        mine[2] = min(mine[2], value[2])
 
 
 def _record_ms(histogram: HdrHistogram, ms: float) -> None:

@@ -5,7 +5,9 @@
   runner the ``--check-*`` thresholds and ``--reports-dir`` are checked here, before the embedded Milvus starts
   or set-up runs (the locustfile imports this module before lifecycle, so this init listener runs first): a bad
   one stops the run with one line and exit code 1.
-- test_start (master or local runner): a new report folder; Locust's CSV writer starts writing into it.
+- test_start (master or local runner): a new report folder; Locust's CSV writer starts writing into it. With
+  --milvus-metrics-url (or the embedded Milvus) a scraper of Milvus's metrics (server_metrics.py) takes its
+  baseline in a test_start listener added at init, so it runs after lifecycle's set-up (pre-population is not load).
 - test_stop: in the web UI, each test's folder is written when it stops (on a master a little later, once the
   workers' last reports are in). Headless runs write it at quitting, after the workers' final reports.
 - quitting: write what is pending, then the exit code: 3 when a gate failed (gates.GATE_EXIT_CODE).
@@ -21,6 +23,7 @@ from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 import csv
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ import gevent
 
 from locust_milvus.operations import TABLE
 from locust_milvus.report import folder as report_folder
-from locust_milvus.report import gates, summary
+from locust_milvus.report import gates, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.settings import ConfigError
 
@@ -58,6 +61,7 @@ class _Test:
     pending_write: gevent.Greenlet | None = None
     written: bool = False
     workers: int = 0  # on a master, the workers when the test started (they are gone by quitting)
+    scraper: server_metrics.Scraper | None = None  # Milvus's own metrics, when scraped
 
 
 _test: _Test | None = None
@@ -89,13 +93,19 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
     else:
         environment.events.request.add_listener(recorder.record)
     environment.events.reset_stats.add_listener(recorder.reset)  # the web UI's "reset stats"
+    environment.events.reset_stats.add_listener(_restart_scraping)
     if environment.parsed_options is None:
         return
     try:
         parse_gates(environment.parsed_options)
         report_folder.check_reports_dir(environment.parsed_options.reports_dir)
+        server_metrics.check_url(getattr(environment.parsed_options, "milvus_metrics_url", ""))
     except ConfigError as e:
         _fatal(str(e))
+    # Listeners run in the order they were added. Added now, after every module's import-time listeners, this one
+    # runs after lifecycle's test_start has prepared the collection: the baseline scrape then follows the
+    # pre-population inserts (set-up, not load) and precedes the first user's request.
+    environment.events.test_start.add_listener(_start_scraping)
 
 
 def _on_report_to_master(client_id, data: dict, **_kwargs) -> None:
@@ -114,6 +124,7 @@ def _on_spawning_complete(**_kwargs) -> None:
     # the summary and of Locust's CSV would disagree.
     if _environment is not None and _environment.reset_stats:
         recorder.reset()
+        _restart_scraping()
 
 
 @events.test_start.add_listener
@@ -154,6 +165,10 @@ def _on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written:
         return
     test.stopped_s = time.time()
+    if test.scraper is not None:
+        # Now, before lifecycle's test_stop (--verify queries the collection): users have stopped, and on a master
+        # the workers too (Locust fires test_stop once they report no users).
+        test.scraper.finish()
     if environment.parsed_options is not None and environment.parsed_options.headless:
         return  # written at quitting, once the workers' final reports are in
     if isinstance(environment.runner, MasterRunner):
@@ -196,6 +211,9 @@ def _write(environment, test: _Test) -> None:
     data = summary.build(recorder, name=test.name, started_s=test.started_s,
                          stopped_s=test.stopped_s or time.time(), config=_config(environment),
                          meta=_meta(environment, test))
+    if test.scraper is not None:
+        test.scraper.finish()  # a web UI test restarted before it stopped
+        data["server_side"] = test.scraper.result(data["rows"])
     try:
         outcomes = gates.evaluate(parse_gates(o), data["rows"])
     except ConfigError as e:  # the web UI's form changed a value mid-test
@@ -214,6 +232,32 @@ def _write(environment, test: _Test) -> None:
     except Exception as e:  # noqa: BLE001 - a report that cannot be written must not hide the run's result
         logger.error("locust-milvus: the report could not be written to %s: %s: %s", test.folder,
                      type(e).__name__, e)
+
+
+def _start_scraping(environment, **_kwargs) -> None:
+    test = _test
+    if isinstance(environment.runner, WorkerRunner) or test is None or test.written or test.scraper is not None:
+        return
+    o = environment.parsed_options
+    try:  # a value typed into the web UI's form arrives here
+        url = server_metrics.check_url(getattr(o, "milvus_metrics_url", ""))
+    except ConfigError as e:
+        logger.error("locust-milvus: %s; no server-side figures for this test", e)
+        return
+    if not url:
+        from locust_milvus.lifecycle import embedded_metrics_url  # lifecycle imports LangChain: only when needed
+
+        url = embedded_metrics_url()
+    if url:
+        test.scraper = server_metrics.Scraper(url, getattr(o, "collection", None) or None).start()
+
+
+def _restart_scraping(**_kwargs) -> None:
+    # Locust's statistics were reset (--reset-stats once every user runs, or the web UI's button): the server-side
+    # figures start again too, so that both sides count the same span.
+    test = _test
+    if test is not None and test.scraper is not None and not test.scraper.finished:
+        test.scraper.restart()
 
 
 def _write_locust_files(environment, test: _Test, scrub) -> None:
@@ -243,6 +287,10 @@ def _config(environment) -> dict:
 def _meta(environment, test: _Test) -> dict:
     from locust_milvus.store import redact_uri
 
+    # Only when the locustfile loaded the health signals (the main one does); importing them here, at the end of a
+    # test, would start them in the middle of a run.
+    health = sys.modules.get("locust_milvus.health")
+
     runner = environment.runner
     o = environment.parsed_options
     if isinstance(runner, MasterRunner):
@@ -255,6 +303,7 @@ def _meta(environment, test: _Test) -> dict:
         "user_classes": sorted(cls.__name__ for cls in environment.user_classes),
         "users": getattr(o, "num_users", None),
         "locust_version": locust.__version__,
+        "generator_health": health.report_block(runner) if health else None,  # is the client the bottleneck?
     }
 
 

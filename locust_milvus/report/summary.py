@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from locust_milvus.report import server_metrics
 from locust_milvus.report.histograms import PERCENTILES, Recorder, percentiles_ms
 
 SCHEMA = 1
@@ -66,6 +67,11 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
         pct = percentiles_ms(h)
         row.update({f"{key}_ms": pct.get(p) for p, key in PERCENTILE_KEYS.items()})
         row["histogram"] = h.encode().decode("ascii") if timed else ""
+        judged = sum(r[1] for r in series.recall.values())
+        if judged:
+            row["recall_mean"] = sum(r[0] for r in series.recall.values()) / judged
+            row["recall_min"] = min(r[2] for r in series.recall.values())
+            row["recall_samples"] = int(judged)
         if series.corrected is not None and series.corrected.get_total_count():
             # --target-rps: the same requests timed from their planned start (coordinated-omission corrected)
             corrected = percentiles_ms(series.corrected)
@@ -133,7 +139,13 @@ def _timeline(recorder: Recorder) -> dict:
             ok[sec - t0] = c
         for sec, c in series.failed.items():
             failed[sec - t0] = c
-        out.append({"name": op, "mode": mode_of(request_type), "ok": ok, "failed": failed})
+        item = {"name": op, "mode": mode_of(request_type), "ok": ok, "failed": failed}
+        if series.recall:  # mean recall@k per second (None: no search judged in that second)
+            item["recall"] = [None] * n
+            for sec, (total, judged, _low) in series.recall.items():
+                if 0 <= sec - t0 < n:
+                    item["recall"][sec - t0] = total / judged
+        out.append(item)
     return {"t0": t0, "series": out}
 
 
@@ -209,11 +221,26 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
                           str(p["planned"]), str(p["late"]), str(p["dropped"]),
                           "yes" if p["met"] else "NO: add users or lower the rate"]
                          for p in summary["pacing"]], 1))
+    recalled = [r for r in summary["rows"] if r.get("recall_samples")]
+    if recalled:
+        level = summary.get("config", {}).get("consistency_level", "?")
+        out += [("h2", "Recall under load (--recall)"),
+                ("p", f"recall@k of sampled searches against exact nearest neighbours (numpy) of the documents this "
+                      f"run wrote, as Milvus acknowledged them, while the other operations ran. Consistency level: "
+                      f"{level}. At Strong or Session a search must see every write acknowledged before it started; "
+                      f"at Bounded or Eventually a fresh document may rightly be missing, which lowers recall "
+                      f"without being an error. Per second in summary.json (timeline)."),
+                ("table", ["operation", "mode", "searches judged", "mean recall", "lowest"],
+                 [[r["name"], r["mode"], str(r["recall_samples"]), f"{r['recall_mean']:.4f}", f"{r['recall_min']:.3f}"]
+                  for r in recalled], 2)]
     if comparison:
         out += [("h2", "Sync versus async"),
                 ("p", "Both user classes ran: each operation's async figures beside its sync ones, and their ratio "
                       "(async / sync; below 1x is faster or fewer for latencies, above 1x is more for RPS).")]
         out += comparison
+    if summary.get("server_side"):  # Milvus's own figures beside the client's (server_metrics.py)
+        out += server_metrics.blocks(summary["server_side"])
+    out += generator_health_blocks(summary.get("generator_health"))
     if summary["checks"]:
         passed = all(c["passed"] for c in summary["checks"])
         out += [("h2", f"Checks: {'all passed' if passed else 'FAILED'}"),
@@ -236,6 +263,36 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
             ("table", ["option", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v]
                                             for k, v in shown.items()], 2)]
     return out
+
+
+def generator_health_blocks(health: dict | None) -> list[tuple]:
+    """The "Load generator health" section (locust_milvus/health.py): per process that ran users, its CPU and its
+    hub and loop lags, and a warning when the client rather than Milvus was the bottleneck."""
+    if not health:
+        return []
+    limits = health["limits"]
+    out: list[tuple] = [
+        ("h2", "Load generator health: " + ("SATURATED" if health["saturated"] else "ok")),
+        ("p", f"Per Locust process that ran users, judged once a second while users ran: CPU (% of one core), gevent "
+              f"hub lag and asyncio loop lag (how late a 10 ms timer fires). Saturated: lag above "
+              f"{limits['hub_lag_ms']:g} ms or CPU above {limits['cpu_pct']:g} % for {limits['sustained_s']} s in "
+              "a row, when the client rather than Milvus limits the figures."),
+        ("table", ["process", "seconds", "CPU % mean", "CPU % max", "hub lag ms mean", "hub lag ms max",
+                   "loop lag ms mean", "loop lag ms max", "peak in flight sync", "peak in flight async",
+                   "seconds over a limit"],
+         [[p["process"], str(p["seconds"]), *(_num(p[k]) for k in ("cpu_pct_mean", "cpu_pct_max", "hub_lag_ms_mean",
+                                                                   "hub_lag_ms_max", "loop_lag_ms_mean",
+                                                                   "loop_lag_ms_max")),
+           str(p["peak_in_flight_sync"]), str(p["peak_in_flight_async"]),
+           ", ".join(f"{k} {v}" for k, v in p["over_limit_s"].items() if v) or "none"]
+          for p in health["processes"]], 1),
+    ]
+    out += [("p", "WARNING: " + text) for text in health["warnings"]]
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def _md_cell(text: str) -> str:

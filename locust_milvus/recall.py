@@ -1,0 +1,103 @@
+"""--recall: recall@k of the searches under load, against exact nearest neighbours computed with numpy.
+
+The ground truth is the documents this process wrote (pre-populated, then added, upserted and deleted under
+load), whose vectors are kept here as Milvus acknowledged them. A search's truth is the exact top k, by the
+collection's metric, over the documents that were certainly visible when it started: acknowledged before it and
+not being deleted or upserted meanwhile. Documents in flight are ambiguous: a returned one whose vector is known
+by the end is a fair candidate; one still unknown is left out of both sides. Only a single process owns the whole
+collection, so recall is measured in local runs (with Strong or Session consistency a search is guaranteed to see
+every acknowledged write; with Bounded or Eventually a fresh document may rightly be missing, and the report says
+which level was used). MMR searches are not nearest-neighbour searches and are not judged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class GroundTruth:
+    """Vectors by id, in a growing matrix with a liveness mask; used from the hub thread only."""
+
+    def __init__(self, dim: int, metric: str) -> None:
+        self.metric = metric.upper()
+        self.rows: dict[str, int] = {}
+        self.vectors = np.zeros((1024, dim), dtype=np.float32)
+        self.alive = np.zeros(1024, dtype=bool)
+        # Which client wrote each document last: 0 set-up (visible to all), else the mode's (see recall()).
+        self.writer = np.zeros(1024, dtype=np.int8)
+        self.n = 0
+        self.in_flight: set[str] = set()  # ids being deleted or upserted: visible or not, nobody knows
+
+    def put(self, ids: list[str], vectors, writer: int = 0) -> None:
+        """Acknowledged adds or upserts (an upsert replaces the vector), written through client ``writer``."""
+        for i, v in zip(ids, vectors, strict=True):
+            row = self.rows.get(i)
+            if row is None:
+                if self.n == len(self.alive):
+                    self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
+                    self.alive = np.concatenate([self.alive, np.zeros_like(self.alive)])
+                    self.writer = np.concatenate([self.writer, np.zeros_like(self.writer)])
+                row = self.rows[i] = self.n
+                self.n += 1
+            self.vectors[row] = v
+            self.alive[row] = True
+            self.writer[row] = writer
+
+    def remove(self, ids: list[str]) -> None:
+        """Acknowledged deletes."""
+        for i in ids:
+            row = self.rows.get(i)
+            if row is not None:
+                self.alive[row] = False
+
+    def visible(self) -> np.ndarray:
+        """The rows certainly visible to a search starting now (taken when it starts)."""
+        mask = self.alive[: self.n].copy()
+        for i in self.in_flight:
+            row = self.rows.get(i)
+            if row is not None:
+                mask[row] = False
+        return mask
+
+    def _scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Higher is nearer, for every metric."""
+        v = self.vectors[rows]
+        if self.metric == "IP":
+            return v @ query
+        if self.metric == "COSINE":
+            return (v @ query) / (np.linalg.norm(v, axis=1) * np.linalg.norm(query) + 1e-30)
+        return -np.einsum("ij,ij->i", v - query, v - query)  # L2
+
+    def recall(self, query, returned: list[str], k: int, visible: np.ndarray, reader: int = 0,
+               strong: bool = False) -> float | None:
+        """|returned ∩ exact top k| / (k minus returned documents that cannot be judged); None: nothing to judge.
+
+        Session consistency is per client: the sync users share one pymilvus client and the async users another,
+        and a search is sure to see only its own client's acknowledged writes (and set-up's, flushed before the
+        load). Unless the level is Strong, the other client's recent writes are ambiguous too.
+        """
+        query = np.asarray(query, dtype=np.float32)
+        if reader and not strong:
+            writers = self.writer[: len(visible)]
+            visible = visible & ((writers == 0) | (writers == reader))
+        candidates = set(np.flatnonzero(visible).tolist())
+        unknown = 0
+        for i in returned:
+            row = self.rows.get(i)
+            if row is None or row >= len(visible):
+                unknown += 1 if row is None else 0
+                if row is not None:
+                    candidates.add(row)  # acknowledged during the search: a fair candidate now
+            elif not visible[row]:
+                candidates.add(row)  # was in flight, was returned: visible after all
+        want = min(k, len(candidates)) - unknown
+        if want <= 0:
+            return None
+        rows = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+        scores = self._scores(query, rows)
+        top = rows[np.argpartition(-scores, want - 1)[:want]] if want < len(rows) else rows
+        # Ties at the boundary: any document as near as the k-th is as right as the k-th.
+        kth = scores[np.isin(rows, top)].min()
+        near_enough = {int(r) for r, s in zip(rows, scores, strict=True) if s >= kth - 1e-6 * (abs(kth) + 1)}
+        hits = sum(1 for i in returned if self.rows.get(i) in near_enough)
+        return min(1.0, hits / want)
