@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -116,6 +117,8 @@ class AsyncBridge:
         self.loop = _NativeResolvingLoop(_NativeSelector())
         self.loop.set_default_executor(NativeThreadExecutor(executor_workers))
         self._thread_ident: int | None = None
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self._stopped = False
         _start_native_thread(self._run_loop, ())
         self.run(self._init_grpc_aio())
 
@@ -126,6 +129,7 @@ class AsyncBridge:
             self.loop.run_forever()
         finally:
             self.loop.close()
+            self._stopped = True
 
     @staticmethod
     async def _init_grpc_aio() -> None:
@@ -170,23 +174,46 @@ class AsyncBridge:
             watcher.close()
         return future.result()
 
+    def on_close(self, closer: Callable[[], Awaitable[object]]) -> None:
+        """Register an async resource's ``close`` (a client's connections) to await on the loop at close()."""
+        self._closers.append(closer)
+
     def close(self, timeout: float = 5.0) -> None:
-        """Cancel what still runs on the loop, then stop it."""
+        """Cancel what still runs on the loop, close the registered clients and grpc.aio, stop the loop and wait
+        for its thread to end.
+
+        Leaving the loop thread (and grpc.aio's poller, and open HTTP/2 and HTTP connections) to the interpreter's
+        finalisation crashed the process at exit with SIGSEGV, twice in 40 runs of AsyncMilvusUser with the OpenAI
+        embedding: native threads still ran C extension code while the interpreter tore down. Close in order.
+        """
         if self.loop.is_closed():
             return
+        closers, self._closers = self._closers, []
 
-        async def _cancel_all() -> None:
+        async def _shutdown() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for closer in closers:
+                try:
+                    await closer()
+                except Exception as exc:  # noqa: BLE001 - closing is best effort; say what did not close
+                    logger.warning("async bridge: closing %r failed: %r", closer, exc)
+            await self.loop.shutdown_asyncgens()
+            from grpc._cython import cygrpc
+
+            cygrpc.shutdown_grpc_aio()  # our own init_grpc_aio's reference (clients' channels hold theirs)
 
         try:
             with gevent.Timeout(timeout):
-                self.run(_cancel_all())
+                self.run(_shutdown())
         except (gevent.Timeout, RuntimeError) as exc:
-            logger.warning("async bridge: pending tasks not cancelled cleanly: %r", exc)
+            logger.warning("async bridge: not shut down cleanly: %r", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        deadline = time.monotonic() + timeout
+        while not self._stopped and time.monotonic() < deadline:
+            gevent.sleep(0.01)
 
 
 _bridge: AsyncBridge | None = None

@@ -170,6 +170,8 @@ def _on_test_start(environment, **_kwargs) -> None:
                        if isinstance(runner, WorkerRunner) else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = get_bridge().run(open_async_store(settings)) if needs_async else None
+        if astore is not None:
+            _close_at_exit(astore)
         truth = None
         if settings.recall:
             if isinstance(runner, WorkerRunner):
@@ -192,6 +194,19 @@ def _on_test_start(environment, **_kwargs) -> None:
         _fail_run(environment, str(e))
     except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
         _fail_run(environment, f"set-up failed: {one_line(e)}")
+
+
+def _close_at_exit(astore) -> None:
+    """Have the bridge close the async store's connections (pymilvus's async client, and an embedding provider's
+    async HTTP client) on its loop before it stops (bridge.AsyncBridge.close says why)."""
+    bridge = get_bridge()
+    client = getattr(astore, "_async_milvus_client", None)
+    if client is not None:
+        bridge.on_close(client.close)
+    embedding = getattr(astore.embeddings, "inner", astore.embeddings)
+    http = getattr(getattr(embedding, "async_client", None), "_client", None)  # openai.AsyncOpenAI
+    if http is not None and hasattr(http, "close"):
+        bridge.on_close(http.close)
 
 
 @events.test_stop.add_listener
