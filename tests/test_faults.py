@@ -15,7 +15,7 @@ import pytest
 
 from locust_milvus.server import EmbeddedMilvus
 
-from .conftest import LOCUSTFILE, ROOT, child_env, read_stats_csv
+from .conftest import LOCUSTFILE, ROOT, child_env, read_stats_csv, run_locust
 from .test_web_ui import free_port
 
 pytestmark = pytest.mark.locust
@@ -86,3 +86,21 @@ def test_server_killed_and_restarted_mid_run_loses_no_acknowledged_write(tmp_pat
     assert verdict and verdict.group(1) == "OK", out[-3000:]
     assert int(verdict.group(2)) > 200  # the pre-populated documents and the adds were all checked
     assert int(verdict.group(6)) > 0  # calls cut off by the outage: outcome unknown, not lost and not successes
+
+
+def test_rate_limits_are_failures_with_their_milvus_code_not_silent_retries(tmp_path):
+    # A Milvus whose insert quota is about 1 KB/s: most adds are refused by the proxy's rate limiter.
+    config = {"quotaAndLimits.dml.enabled": True, "quotaAndLimits.dml.insertRate.max": 0.001}
+    with EmbeddedMilvus(config=config) as limited:
+        result = run_locust("--headless", "-u", "4", "-r", "4", "-t", "6s", "--host", limited.uri, "--collection",
+                            "quota", "--prepopulate", "0", "--add-weight", "1", "--search-weight", "0",
+                            "--delete-weight", "0", "--dim", "32", "--csv", str(tmp_path / "run"),
+                            "--reports-dir", str(tmp_path / "reports"), "SyncMilvusUser", timeout=120)
+    assert "Traceback" not in result.output
+    add = read_stats_csv(tmp_path / "run")[("langchain-sync", "add")]
+    assert int(add["Failure Count"]) > 0
+    # Refused at once, counted with Milvus's own code (8: rate limit), not retried for seconds inside the figure.
+    assert float(add["Median Response Time"]) < 500, add
+    with open(tmp_path / "run_failures.csv") as f:
+        failures = f.read()
+    assert re.search(r"code=8\b.*rate limit|rate limit.*code=8\b", failures, re.IGNORECASE), failures[-2000:]
