@@ -44,6 +44,14 @@ _start_native_thread = get_original("_thread", "start_new_thread")
 _native_getaddrinfo = get_original("socket", "getaddrinfo")
 _native_getnameinfo = get_original("socket", "getnameinfo")
 _NativeSelector = get_original("selectors", "DefaultSelector")
+_NativeSocket = get_original("socket", "socket")
+
+
+def _native_socketpair():
+    # socket.socketpair builds its pair with the module's (patched) socket class: wrap the C pair ourselves.
+    a, b = _socket.socketpair()
+    return (_NativeSocket(a.family, a.type, a.proto, fileno=a.detach()),
+            _NativeSocket(b.family, b.type, b.proto, fileno=b.detach()))
 _get_native_ident = get_original("_thread", "get_ident")
 
 
@@ -104,6 +112,51 @@ class _NativeResolvingLoop(asyncio.SelectorEventLoop):
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):  # noqa: A002 - asyncio's API
         return await self.run_in_executor(None, _native_getaddrinfo, host, port, family, type, proto, flags)
+
+    # Trap 5: asyncio creates its sockets with ``socket.socket`` / ``socket.socketpair``, which monkey-patching
+    # made gevent's: cooperative sockets bound to a gevent hub (the self-pipe to the main thread's, since the loop
+    # is built there; a connection's to a hub started in this thread). Closing them here, or collecting them on
+    # the hub thread, touched one thread's libev loop from another: the process crashed with SIGSEGV at exit
+    # (seen 3 times in about 50 runs of AsyncMilvusUser with the OpenAI embedding, whose httpx client connects
+    # through this loop). The self-pipe and the connections here are the standard library's own sockets.
+    def _make_self_pipe(self) -> None:
+        self._ssock, self._csock = _native_socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._internal_fds += 1
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+
+    async def create_connection(self, protocol_factory, host=None, port=None, *, sock=None, family=0, proto=0,
+                                flags=0, local_addr=None, **kwargs):
+        if sock is None and host is not None:
+            if kwargs.get("ssl") and kwargs.get("server_hostname") is None:
+                kwargs["server_hostname"] = host
+            sock = await self._native_connect(host, port, family, proto, flags, local_addr)
+            host = port = None
+            for key in ("happy_eyeballs_delay", "interleave", "all_errors"):  # only for asyncio's own resolving
+                kwargs.pop(key, None)
+        return await super().create_connection(protocol_factory, host, port, sock=sock, **kwargs)
+
+    async def _native_connect(self, host, port, family, proto, flags, local_addr):
+        infos = await self.getaddrinfo(host, port, family=family, type=_socket.SOCK_STREAM, proto=proto, flags=flags)
+        if not infos:
+            raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+        errors: list[OSError] = []
+        for fam, kind, pro, _name, address in infos:
+            sock = _NativeSocket(fam, kind, pro)
+            try:
+                sock.setblocking(False)
+                if local_addr is not None:
+                    sock.bind(local_addr)
+                await self.sock_connect(sock, address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                errors.append(exc)
+            except BaseException:
+                sock.close()
+                raise
+        raise errors[0] if len(errors) == 1 else OSError(f"could not connect to {host}:{port}: {errors}")
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await self.run_in_executor(None, _native_getnameinfo, sockaddr, flags)

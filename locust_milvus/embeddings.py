@@ -186,15 +186,12 @@ def embed_pool(embedding: Embeddings, settings, texts: list[str], what: str) -> 
             except (OSError, ValueError) as exc:  # a damaged cache file is re-made, not trusted
                 logger.warning("locust-milvus: ignoring unreadable cache file %s: %s", path, exc)
     vectors: list[list[float]] = []
-    began = time.perf_counter()
     with progress.step(f"{what} pool embedding", len(texts), "texts") as step:  # the web UI's run page
         for start in range(0, len(texts), POOL_BATCH):
             vectors.extend(embedding.embed_documents(texts[start:start + POOL_BATCH]))
             step.advance(len(vectors))
-            elapsed = time.perf_counter() - began
             if len(texts) > POOL_BATCH:
-                logger.info("locust-milvus: embedded %d/%d %s pool texts (%.0f texts/s)", len(vectors), len(texts),
-                            what, len(vectors) / elapsed if elapsed else 0.0)
+                logger.info("locust-milvus: %s", step.line())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")

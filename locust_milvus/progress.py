@@ -29,10 +29,31 @@ class Step:
         self.done = done
         self.updated_s = time.time()
 
+    @property
+    def per_s(self) -> float | None:
+        elapsed = self.updated_s - self.started_s
+        return self.done / elapsed if elapsed > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far."""
+        rate = self.per_s
+        return (self.total - self.done) / rate if rate else None
+
+    def line(self, width: int = 20) -> str:
+        """The terminal's progress bar: ``pre-population [#####.....] 500/1000 documents 50% (900/s, ETA 1 s)``."""
+        share = self.done / self.total if self.total else 1.0
+        bar = "#" * round(share * width) + "." * (width - round(share * width))
+        rate, eta = self.per_s, self.eta_s
+        timing = f" ({rate:.0f}/s, ETA {eta:.0f} s)" if rate is not None and eta is not None else ""
+        return f"{self.name} [{bar}] {self.done}/{self.total} {self.unit} {share:.0%}{timing}"
+
     def as_dict(self) -> dict:
         elapsed = self.updated_s - self.started_s
+        per_s, eta_s = self.per_s, self.eta_s
         return {"name": self.name, "done": self.done, "total": self.total, "unit": self.unit, "state": self.state,
-                "elapsed_s": round(elapsed, 1), "per_s": round(self.done / elapsed, 1) if elapsed > 0 else None}
+                "elapsed_s": round(elapsed, 1), "per_s": round(per_s, 1) if per_s is not None else None,
+                "eta_s": round(eta_s, 1) if eta_s is not None else None}
 
 
 class SetupProgress:

@@ -255,7 +255,6 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     _check_expressions(store.client, settings)
     rng = random.Random(0)
     written: list[str] = []
-    began = time.perf_counter()
     with progress.step("pre-population", settings.prepopulate, "documents") as step:  # the web UI's run page
         for start in range(0, settings.prepopulate, PREPOPULATE_BATCH):
             ids, docs = ledger.new_batch(min(PREPOPULATE_BATCH, settings.prepopulate - start), rng, source)
@@ -266,9 +265,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
                 store.add_documents(docs, ids=ids, timeout=setup_timeout)
             written.extend(ids)
             step.advance(len(written))
-            elapsed = time.perf_counter() - began
-            logger.info("locust-milvus: pre-populated %d/%d documents (%.0f documents/s)", len(written),
-                        settings.prepopulate, len(written) / elapsed if elapsed else 0.0)
+            logger.info("locust-milvus: %s", step.line())
     ledger.added(written)
     if written and (settings.seal or settings.recall):
         _seal_and_index(store.client, settings, setup_timeout, len(written))

@@ -93,3 +93,26 @@ def test_run_in_executor_uses_native_threads():
 def test_no_loop_exit_when_nothing_else_runs():
     # The waiting greenlet is the only one: a started async watcher must keep the hub from raising LoopExit.
     assert get_bridge().run(asyncio.sleep(0.05, result="ok")) == "ok"
+
+
+def test_the_loop_uses_the_standard_librarys_sockets_not_geventss():
+    # gevent's sockets bind a gevent hub; made or closed in the loop's thread they touched another thread's libev
+    # loop, and the process crashed at exit (bridge.py, trap 5).
+    import socket as patched_socket
+
+    server = patched_socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    async def connect():
+        loop = asyncio.get_running_loop()
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.getsockname()[1])
+        kinds = {type(writer.get_extra_info("socket")._sock).__module__, type(loop._ssock).__module__,
+                 type(loop._csock).__module__}
+        writer.close()
+        return kinds
+
+    try:
+        assert get_bridge().run(connect()) == {"socket"}
+    finally:
+        server.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_run_on_the_shipped_sample(milvus, collection, tmp_path):
                         "--add-embeddings-weight", "1", "--upsert-weight", "1", "--metadata-filter",
                         "category == 'text'", "--search-by-metadata-weight", "1", "--csv", str(tmp_path / "run"))
     assert result.returncode == 0, result.output[-3000:]
-    assert "pre-populated 300/300 documents" in result.output
+    assert re.search(r"pre-population \[#{20}\] 300/300 documents 100% \(\d+/s, ETA 0 s\)", result.output)
     stats = read_stats_csv(tmp_path / "run")
     assert int(stats[("", "Aggregated")]["Request Count"]) > 0
     assert int(stats[("", "Aggregated")]["Failure Count"]) == 0

@@ -143,3 +143,13 @@ def test_the_run_page_shows_no_secret(monkeypatch):
     crept = json.dumps({"collection": f"x{token}y", "host": "http://u:sk-test-abcdef123456@h", "rows": rows})
     scrubbed = webui.scrub(crept, env.parsed_options)
     assert token not in scrubbed and "sk-test-abcdef123456" not in scrubbed and "x(redacted)y" in scrubbed
+
+
+def test_a_step_prints_a_progress_bar_with_rate_and_eta(monkeypatch):
+    from locust_milvus import progress as progress_module
+
+    step = progress_module.Step("pre-population", 1000, "documents", started_s=100.0)
+    monkeypatch.setattr(progress_module.time, "time", lambda: 102.0)
+    step.advance(250)  # 250 in 2 s: 125/s, 750 left: 6 s
+    assert step.line() == "pre-population [#####...............] 250/1000 documents 25% (125/s, ETA 6 s)"
+    assert step.as_dict()["eta_s"] == 6.0
