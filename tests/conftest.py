@@ -35,6 +35,16 @@ MONITOR = re.compile(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_bridge_at_the_end():
+    """Shut this process's asyncio bridge down in order when the session ends, as locust does at quitting
+    (bridge.AsyncBridge.close), instead of leaving its threads to the interpreter's finalisation."""
+    yield
+    from locust_milvus.bridge import close_bridge
+
+    close_bridge()
+
+
 @pytest.fixture(scope="session")
 def milvus():
     """The session's real Milvus standalone (embedded wheel), on loopback."""

@@ -195,3 +195,30 @@ def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection)
     assert not bad.ok and bad.missing == [present[0]] and bad.resurrected == [deleted[0]], bad.line()
     assert bad.duplicate_rows >= 1 and bad.unknown == 1 and bad.checked == 14
     assert "verify: FAILED" in bad.line()
+
+
+@pytest.mark.parametrize("user_class", [SyncMilvusUser, AsyncMilvusUser])
+def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, collection, user_class):
+    import gevent
+
+    from locust_milvus.monitor import monitor
+
+    settings = make_settings(milvus.uri, collection, prepopulate=10, batch_size=5, verify=True)
+    ledger = IdLedger(track=True)
+    prepare_collection(settings, ledger)
+    state = RunState(settings=settings, store=open_store(settings), ledger=ledger,
+                     astore=get_bridge().run(open_async_store(settings)))
+    user, events = user_with_events(user_class, state)
+    user.execute(TABLE["search"])  # warm: connections exist
+    events.clear()
+    monitor.unknown = {}
+    os.kill(milvus.pid, signal.SIGSTOP)  # the add below stays in flight
+    try:
+        greenlet = gevent.spawn(user.execute, TABLE["add"])
+        gevent.sleep(1.0)
+        greenlet.kill()  # what Locust does to a user mid-call when the test stops
+    finally:
+        os.kill(milvus.pid, signal.SIGCONT)
+    assert events == []  # neither a success nor a failure: no result
+    assert monitor.unknown == {"add": 1}
+    assert sum(1 for s in ledger.states.values() if s == "unknown") == 5  # its ids: maybe written, maybe not
