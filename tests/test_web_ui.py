@@ -41,14 +41,24 @@ def request_counts(base: str) -> dict[str, tuple[int, int]]:
     return {s["name"]: (s["num_requests"], s["num_failures"]) for s in stats if s["name"] != "Aggregated"}
 
 
-def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path):
-    port = free_port()
+@pytest.mark.parametrize("distributed", [False, True], ids=["local", "master-and-worker"])
+def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distributed):
+    port, master_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "locust.log", "w+")
+    role = (["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
+            if distributed else [])
     proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-host", "127.0.0.1",
                              "--web-port", str(port), "--host", milvus.uri, "--collection", collection,
-                             "--prepopulate", "100", "--milvus-token", "s3cret-token"],
+                             "--prepopulate", "100", "--milvus-token", "s3cret-token", "--reports-dir",
+                             str(tmp_path / "reports"), *role],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    worker = None
+    if distributed:  # a restart must work without restarting the worker either
+        worker_log = open(tmp_path / "worker.log", "w+")
+        worker = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+                                   "--master-host", "127.0.0.1", "--master-port", str(master_port)],
+                                  cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT, env=child_env())
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -61,12 +71,19 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path):
         for dest in ("add_weight", "search_weight", "delete_weight", "async_concurrency", "milvus_timeout"):
             assert dest in page, dest
         assert "s3cret-token" not in page and "milvus_token" not in page  # the token never reaches the browser
+        while distributed and json.loads(get(base + "/stats/requests")).get("workers", []) == []:
+            assert time.monotonic() < deadline, "the worker did not connect"
+            time.sleep(0.5)
 
         form = {"user_count": 4, "spawn_rate": 4, "host": milvus.uri, "add_weight": 0, "delete_weight": 0,
                 "search_weight": 1}
         for attempt in ("first", "restart"):
             assert post(f"{base}/swarm", form)["success"], attempt
-            time.sleep(4)
+            # Set-up (the collection, pre-population) runs after /swarm has answered; then let the load run.
+            started = time.monotonic()
+            while not request_counts(base) and time.monotonic() - started < 60:
+                time.sleep(0.5)
+            time.sleep(3)
             counts = request_counts(base)
             assert set(counts) == {"search"}, (attempt, counts)  # the weights typed in the form took effect
             assert counts["search"][0] > 0 and counts["search"][1] == 0, (attempt, counts)
@@ -75,6 +92,9 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    output = (tmp_path / "locust.log").read_text()
+        if worker is not None:
+            worker.wait(timeout=60)  # the master's quit ends it
+    output = (tmp_path / "locust.log").read_text() + (
+        (tmp_path / "worker.log").read_text() if distributed else "")
     assert "Traceback" not in output and "already exists" not in output
     assert "s3cret-token" not in output
