@@ -53,16 +53,30 @@ def _native_socketpair():
     return (_NativeSocket(a.family, a.type, a.proto, fileno=a.detach()),
             _NativeSocket(b.family, b.type, b.proto, fileno=b.detach()))
 _get_native_ident = get_original("_thread", "get_ident")
+_allocate_native_lock = get_original("_thread", "allocate_lock")
 
 
 class _NativeThread:
-    """The part of ``threading.Thread`` that grpc.aio's poller uses, backed by a real OS thread."""
+    """The part of ``threading.Thread`` that grpc.aio's poller uses (start, and join when grpc.aio shuts down),
+    backed by a real OS thread."""
 
     def __init__(self, target: Callable[[], Any], daemon: bool = True, **_: Any) -> None:
         self._target = target
+        self._running = _allocate_native_lock()  # held while the thread runs
 
     def start(self) -> None:
-        _start_native_thread(self._target, ())
+        self._running.acquire()
+        _start_native_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._running.acquire(True, -1 if timeout is None else timeout):
+            self._running.release()
 
 
 class NativeThreadExecutor(concurrent.futures.ThreadPoolExecutor):

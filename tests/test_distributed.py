@@ -39,7 +39,7 @@ def distributed_run(milvus, collection, tmp_path, seconds: int, kill_worker_afte
     master = start("--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--headless",
                    "--expect-workers", "2", "-u", "8", "-r", "8", "-t", f"{seconds}s", "--host", milvus.uri,
                    "--collection", collection, "--prepopulate", "200", "--csv", str(tmp_path / "run"),
-                   "--add-weight", "2", "--search-weight", "6", "--delete-weight", "2")
+                   "--add-weight", "3", "--search-weight", "6", "--delete-weight", "1")  # each worker keeps some
     workers = [start("--worker", "--master-host", "127.0.0.1", "--master-port", str(port)) for _ in range(2)]
     began = time.monotonic()
     if kill_worker_after is not None:
