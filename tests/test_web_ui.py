@@ -89,6 +89,8 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
             assert counts["search"][0] > 0 and counts["search"][1] == 0, (attempt, counts)
             post(f"{base}/stop", {})
             time.sleep(1)
+            # Clear the statistics, so that the restart's wait above sees its own requests, not these.
+            urllib.request.urlopen(urllib.request.Request(f"{base}/stats/reset", data=b""), timeout=10).read()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
