@@ -81,7 +81,7 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
             assert post(f"{base}/swarm", form)["success"], attempt
             # Set-up (the collection, pre-population) runs after /swarm has answered; then let the load run.
             started = time.monotonic()
-            while not request_counts(base) and time.monotonic() - started < 60:
+            while request_counts(base).get("search", (0, 0))[0] == 0 and time.monotonic() - started < 60:
                 time.sleep(0.5)
             time.sleep(3)
             counts = request_counts(base)
