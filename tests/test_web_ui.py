@@ -81,7 +81,9 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
             assert post(f"{base}/swarm", form)["success"], attempt
             # Set-up (the collection, pre-population) runs after /swarm has answered; then let the load run.
             started = time.monotonic()
-            while request_counts(base).get("search", (0, 0))[0] == 0 and time.monotonic() - started < 60:
+            # Wait for the runner to be running (its statistics are cleared when the set-up is done) with requests.
+            while (json.loads(get(f"{base}/stats/requests")).get("state") != "running"
+                   or request_counts(base).get("search", (0, 0))[0] == 0) and time.monotonic() - started < 60:
                 time.sleep(0.5)
             time.sleep(3)
             counts = request_counts(base)
