@@ -22,7 +22,6 @@ import logging
 import random
 
 import gevent
-from dotenv import find_dotenv, load_dotenv
 
 from locust_milvus import pacing
 from locust_milvus.bridge import close_bridge, get_bridge
@@ -65,8 +64,7 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
     # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
     loglevel = str(getattr(environment.parsed_options, "loglevel", "") or "").upper()
     logging.getLogger("pymilvus").setLevel(logging.DEBUG if loglevel == "DEBUG" else logging.CRITICAL)
-    # OPENAI_API_KEY and friends may live in ./.env; variables already set in the environment win.
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    # (./.env was read when options.py was imported, before Locust parsed the options.)
     if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
         return
     try:  # bad options (and a malformed --dataset) stop here, before any server starts or load begins

@@ -58,6 +58,7 @@ class RunState:
         if not self.query_vectors and ("query" in pools or s.recall):
             self.query_vectors = (self.source.query_vectors(s.query_pool)
                                   or embed_pool(self.store.embeddings, s, self.queries, "query"))
+        self._by_text = dict(zip(self.queries, self.query_vectors, strict=False))  # built once, read per search
         self.corpus: list[Document] = []
         self.corpus_vectors: list[list[float]] = []
         if s.corpus_pool and "corpus" in pools and not self.source.has_vectors:
@@ -78,8 +79,6 @@ class RunState:
 
     def vector_of_query(self, text: str):
         """The pool's vector of a query text (for recall: the text searches embed the same texts)."""
-        if not hasattr(self, "_by_text"):
-            self._by_text = dict(zip(self.queries, self.query_vectors, strict=False))
         return self._by_text.get(text)
 
     def embed_for_truth(self, call: Call, docs_key: str = "documents"):

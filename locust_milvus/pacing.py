@@ -12,6 +12,7 @@ starts it missed, counted, so that a long stall does not end in an unbounded bur
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -59,7 +60,7 @@ class Pacer:
         total = sum(rates.values())
         self.interval = max(users, 1) / total
         self.names = list(rates)
-        self.cum_weights = [sum(list(rates.values())[: i + 1]) for i in range(len(rates))]
+        self.cum_weights = list(itertools.accumulate(rates.values()))
         self.rng = rng
         self.next = time.perf_counter() + rng.random() * self.interval  # spread the users' phases
         self.busy_until = 0.0  # when this user's previous operation ended

@@ -80,24 +80,24 @@ class GroundTruth:
         if reader and not strong:
             writers = self.writer[: len(visible)]
             visible = visible & ((writers == 0) | (writers == reader))
-        candidates = set(np.flatnonzero(visible).tolist())
+        # The candidates, as a mask over every row known now: the visible ones, plus returned documents that were
+        # in flight or acknowledged during the search (visible after all). numpy throughout: this runs on the hub.
+        candidates = np.zeros(self.n, dtype=bool)
+        candidates[: len(visible)] = visible
         unknown = 0
         for i in returned:
             row = self.rows.get(i)
-            if row is None or row >= len(visible):
-                unknown += 1 if row is None else 0
-                if row is not None:
-                    candidates.add(row)  # acknowledged during the search: a fair candidate now
-            elif not visible[row]:
-                candidates.add(row)  # was in flight, was returned: visible after all
-        want = min(k, len(candidates)) - unknown
+            if row is None:
+                unknown += 1  # written by nobody we know of: not judged
+            else:
+                candidates[row] = True
+        rows = np.flatnonzero(candidates)
+        want = min(k, len(rows)) - unknown
         if want <= 0:
             return None
-        rows = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
         scores = self._scores(query, rows)
-        top = rows[np.argpartition(-scores, want - 1)[:want]] if want < len(rows) else rows
+        kth = np.partition(scores, len(scores) - want)[len(scores) - want]  # the want-th nearest
         # Ties at the boundary: any document as near as the k-th is as right as the k-th.
-        kth = scores[np.isin(rows, top)].min()
-        near_enough = {int(r) for r, s in zip(rows, scores, strict=True) if s >= kth - 1e-6 * (abs(kth) + 1)}
+        near_enough = set(rows[scores >= kth - 1e-6 * (abs(kth) + 1)].tolist())
         hits = sum(1 for i in returned if self.rows.get(i) in near_enough)
         return min(1.0, hits / want)

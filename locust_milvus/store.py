@@ -308,10 +308,8 @@ def load_truth(settings: Settings, ledger: IdLedger) -> GroundTruth:
     client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
     try:
         ids = list(ledger._live)
-        for start in range(0, max(len(ids), 1), 1000):
+        for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            if not chunk:
-                break
             rows = client.query(settings.collection, filter=f"{settings.primary_field} in {json.dumps(chunk)}",
                                 output_fields=[settings.primary_field, settings.vector_field],
                                 consistency_level="Strong", timeout=max(settings.timeout, SETUP_TIMEOUT_S))
