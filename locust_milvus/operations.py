@@ -256,13 +256,13 @@ def _counted(state: RunState, call: Call, result: list) -> int:
 def _take(state: RunState) -> list[str]:
     ids = state.ledger.take(state.settings.batch_size)
     if state.truth is not None:
-        state.truth.in_flight.update(ids)
+        state.truth.begin(ids)
     return ids
 
 
 def _settled(state: RunState, call: Call) -> None:
     if state.truth is not None:
-        state.truth.in_flight.difference_update(call.kwargs["ids"])
+        state.truth.settle(call.kwargs["ids"])
 
 
 def _delete(state: RunState) -> Call | None:

@@ -2,9 +2,10 @@
 
 The ground truth is the documents this process wrote (pre-populated, then added, upserted and deleted under
 load), whose vectors are kept here as Milvus acknowledged them. A search's truth is the exact top k, by the
-collection's metric, over the documents that were certainly visible when it started: acknowledged before it and
-not being deleted or upserted meanwhile. Documents in flight are ambiguous: a returned one whose vector is known
-by the end is a fair candidate; one still unknown is left out of both sides. Only a single process owns the whole
+collection's metric, over the documents that were certainly visible when it started: acknowledged before it, and
+neither being deleted or upserted when it started nor taken for that while it ran (the server may apply such a change
+before or after the search's snapshot). Documents in flight are ambiguous: a returned one whose vector is known by
+the end is a fair candidate; one still unknown is left out of both sides. Only a single process owns the whole
 collection, so recall is measured in local runs (with Strong or Session consistency a search is guaranteed to see
 every acknowledged write; with Bounded or Eventually a fresh document may rightly be missing, and the report says
 which level was used). MMR searches are not nearest-neighbour searches and are not judged.
@@ -12,7 +13,16 @@ which level was used). MMR searches are not nearest-neighbour searches and are n
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class Snapshot(NamedTuple):
+    """What a search can be held to, taken when it starts: the rows certainly visible, and the change clock."""
+
+    mask: np.ndarray
+    clock: int
 
 
 class GroundTruth:
@@ -25,6 +35,10 @@ class GroundTruth:
         self.alive = np.zeros(1024, dtype=bool)
         # Which client wrote each document last: 0 set-up (visible to all), else the mode's (see recall()).
         self.writer = np.zeros(1024, dtype=np.int8)
+        # When each row's latest delete or upsert began (self.clock then): a change that begins while a search runs
+        # may land before or after the search's snapshot, so the search is not held to that row.
+        self.changed = np.zeros(1024, dtype=np.int64)
+        self.clock = 0
         self.n = 0
         self.in_flight: set[str] = set()  # ids being deleted or upserted: visible or not, nobody knows
 
@@ -37,11 +51,25 @@ class GroundTruth:
                     self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
                     self.alive = np.concatenate([self.alive, np.zeros_like(self.alive)])
                     self.writer = np.concatenate([self.writer, np.zeros_like(self.writer)])
+                    self.changed = np.concatenate([self.changed, np.zeros_like(self.changed)])
                 row = self.rows[i] = self.n
                 self.n += 1
             self.vectors[row] = v
             self.alive[row] = True
             self.writer[row] = writer
+
+    def begin(self, ids: list[str]) -> None:
+        """A delete or upsert of these ids is about to be sent."""
+        self.clock += 1
+        self.in_flight.update(ids)
+        for i in ids:
+            row = self.rows.get(i)
+            if row is not None:
+                self.changed[row] = self.clock
+
+    def settle(self, ids: list[str]) -> None:
+        """That delete or upsert has ended (acknowledged or not)."""
+        self.in_flight.difference_update(ids)
 
     def remove(self, ids: list[str]) -> None:
         """Acknowledged deletes."""
@@ -50,14 +78,14 @@ class GroundTruth:
             if row is not None:
                 self.alive[row] = False
 
-    def visible(self) -> np.ndarray:
+    def visible(self) -> Snapshot:
         """The rows certainly visible to a search starting now (taken when it starts)."""
         mask = self.alive[: self.n].copy()
         for i in self.in_flight:
             row = self.rows.get(i)
             if row is not None:
                 mask[row] = False
-        return mask
+        return Snapshot(mask, self.clock)
 
     def _scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Higher is nearer, for every metric."""
@@ -68,7 +96,7 @@ class GroundTruth:
             return (v @ query) / (np.linalg.norm(v, axis=1) * np.linalg.norm(query) + 1e-30)
         return -np.einsum("ij,ij->i", v - query, v - query)  # L2
 
-    def recall(self, query, returned: list[str], k: int, visible: np.ndarray, reader: int = 0,
+    def recall(self, query, returned: list[str], k: int, start: Snapshot, reader: int = 0,
                strong: bool = False) -> float | None:
         """|returned ∩ exact top k| / (k minus returned documents that cannot be judged); None: nothing to judge.
 
@@ -77,6 +105,7 @@ class GroundTruth:
         load). Unless the level is Strong, the other client's recent writes are ambiguous too.
         """
         query = np.asarray(query, dtype=np.float32)
+        visible = start.mask & (self.changed[: len(start.mask)] <= start.clock)  # not changed while it ran
         if reader and not strong:
             writers = self.writer[: len(visible)]
             visible = visible & ((writers == 0) | (writers == reader))

@@ -21,11 +21,21 @@ def test_ground_truth_judges_exact_top_k_and_leaves_ambiguous_documents_out():
     assert truth.recall(q, ["a", "b"], 2, visible) == 1.0
     assert truth.recall(q, ["a", "d"], 2, visible) == 0.5
     # "b" is being deleted when the search starts: whether it is returned or not, the search is not blamed.
-    truth.in_flight.add("b")
+    truth.begin(["b"])
     visible = truth.visible()
     assert truth.recall(q, ["a", "c"], 2, visible) == 1.0
     assert truth.recall(q, ["a", "b"], 2, visible) == 1.0
-    truth.in_flight.clear()
+    truth.settle(["b"])
+    # "b" is taken for deletion (and deleted) while the search runs: the server may have applied it before the
+    # search's snapshot, so missing it is no fault. CI saw exactly this as a false recall of 2/3 on FLAT.
+    visible = truth.visible()
+    truth.begin(["b"])
+    truth.remove(["b"])
+    truth.settle(["b"])
+    assert truth.recall(q, ["a", "c"], 2, visible) == 1.0
+    assert truth.recall(q, ["a", "d"], 2, visible) == 0.5  # "c" was certainly there
+    assert truth.recall(q, ["a", "c"], 2, truth.visible()) == 1.0
+    truth.put(["b"], [[1, 0]])
     # Added during the search and returned: a fair candidate. Unknown to us (another writer): not judged.
     visible = truth.visible()
     truth.put(["e"], [[0.1, 0]])
