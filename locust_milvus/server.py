@@ -7,6 +7,10 @@ its child running if the parent is killed, and chdirs the whole process while st
 The wheel's template pins the embedded etcd's peer port to 2380, so a second server on the host dies at start
 (shared/NOTES.md). We give each server's etcd its own free peer port through etcd.config.path, so several run
 side by side; a failed start (the child exits before it is healthy) is still detected and reported.
+
+Milvus 2.3.5 binds every interface and cannot be told otherwise, so it runs in a private network namespace and
+clients reach it through a relay on 127.0.0.1 (loopback.py); where Linux namespaces are not available it runs in the
+host's network, with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -49,17 +54,13 @@ START_ATTEMPTS = 3
 
 # Started with os.posix_spawn, never fork: our process has gRPC threads running, and gRPC's fork handlers abort a
 # forked child before it can exec (seen here as SIGABRT with "epoll_wait error: Bad file descriptor"; the same
-# family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. The child is a tiny Python shim
-# that asks Linux to SIGKILL it when our process dies, so even a SIGKILLed locust leaves no orphan (SIGKILL: a
-# graceful stop after load can take over 30 s, and an orphan's data is lost anyway); then it moves to the data
-# directory and execs Milvus. Both the signal setting and the directory survive exec.
-_SHIM = (
-    "import ctypes, os, signal, sys\n"
-    "if sys.platform.startswith('linux'):\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
-    "os.chdir(sys.argv[1])\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
+# family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. What it starts is loopback.py, a
+# standard-library script that gives Milvus a private network namespace reached through a relay on 127.0.0.1 (see
+# there: Milvus 2.3.5 itself binds every interface), asks Linux to SIGKILL it (and so Milvus) when our process dies,
+# so even a SIGKILLed locust leaves no orphan, and starts Milvus in the data directory.
+_LOOPBACK_SCRIPT = str(Path(__file__).with_name("loopback.py"))
+_STATUS_FD = 3  # where loopback.py writes "isolated PID" or "direct"
+_STATUS_TIMEOUT_S = 30.0
 
 
 class _Child:
@@ -106,18 +107,25 @@ class EmbeddedMilvus:
     ``port=None`` picks a free proxy port starting at 19530. ``config``: extra ``milvus.yaml`` settings by dotted
     key, for keys the wheel's template has, e.g. ``{"common.security.tlsMode": 1, "tls.serverPemPath": PATH}``
     (TLS) or ``{"common.security.authorizationEnabled": True}`` (user root, password Milvus); :meth:`start`
-    raises ValueError for a key the template lacks (the wheel would ignore it silently).
+    raises ValueError for a key the template lacks (the wheel would ignore it silently). ``network="host"`` skips
+    the private network namespace (Milvus then listens on every interface; for the relay benchmark).
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None,
-                 config: dict[str, object] | None = None) -> None:
+                 config: dict[str, object] | None = None, network: str = "private") -> None:
+        if network not in ("private", "host"):
+            raise ValueError(f"network must be 'private' or 'host', not {network!r}")
+        self._network = network
         self._keep = data_dir is not None
         self._data_dir = Path(data_dir) if data_dir else None
         self._port = port
         self._config = dict(config or {})
-        self._proc: _Child | None = None
+        self._proc: _Child | None = None  # loopback.py (Milvus itself where it could not isolate it)
+        self._milvus_pid: int | None = None
         self._logs: list = []
         self.health_port: int | None = None
+        # Whether Milvus runs in a private network namespace, reachable only through 127.0.0.1 (loopback.py).
+        self.isolated: bool | None = None
 
     @property
     def uri(self) -> str:
@@ -131,7 +139,8 @@ class EmbeddedMilvus:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        """Milvus's own process (to pause or kill it in a test), not the relay's."""
+        return self._milvus_pid if self._proc else None
 
     @property
     def data_dir(self) -> Path | None:
@@ -203,18 +212,37 @@ class EmbeddedMilvus:
         logs = self._data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self._logs = [open(logs / "milvus-stdout.log", "wb"), open(logs / "milvus-stderr.log", "wb")]
-        pid = os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-I", "-c", _SHIM, str(self._data_dir), str(exe), "run", "standalone"],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, self._logs[0].fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, self._logs[1].fileno(), 2),
-            ],
-            setsid=True,  # Ctrl-C in the terminal reaches locust, which stops the server in order
-        )
+        status_read, status_write = os.pipe()
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", _LOOPBACK_SCRIPT, str(_STATUS_FD), str(self._data_dir),
+                 f"{self._port},{self.health_port}", self._network, str(exe), "run", "standalone"],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, self._logs[0].fileno(), 1),
+                    (os.POSIX_SPAWN_DUP2, self._logs[1].fileno(), 2),
+                    (os.POSIX_SPAWN_DUP2, status_write, _STATUS_FD),
+                ],
+                setsid=True,  # Ctrl-C in the terminal reaches locust, which stops the server in order
+            )
+        finally:
+            os.close(status_write)
         self._proc = _Child(pid)
+        with os.fdopen(status_read) as status:
+            ready, _, _ = select.select([status], [], [], _STATUS_TIMEOUT_S)
+            line = status.readline().split() if ready else []
+        if line[:1] == ["isolated"]:
+            self.isolated, self._milvus_pid = True, int(line[1])
+        elif line == ["direct"]:
+            self.isolated, self._milvus_pid = False, pid
+            if self._network == "private":
+                logger.warning("embedded Milvus runs in the host's network and listens on every interface, not only on "
+                               "loopback: %s", self._last_output() or "no private network namespace here")
+        else:
+            self._proc.poll()
+            raise _ExitedAtStart(f"the loopback relay did not start Milvus; last output: {self._last_output()!r}")
 
     def _configure_etcd_peer(self, client_port: int, peer_port: int) -> None:
         # The wheel's template leaves the embedded etcd's peer port at its default 2380, so a second server on
