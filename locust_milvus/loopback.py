@@ -28,13 +28,16 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 SIOCSIFFLAGS = 0x8914
+SIOCOUTQ = 0x5411  # bytes in a TCP socket's send queue
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 CHUNK = 64 * 1024
+OPEN: set[socket.socket] = set()  # the host-side connections, reset when Milvus is gone
 
 
 def _libc():
@@ -67,7 +70,7 @@ def isolate() -> str | None:
     return None
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, ended: threading.Event) -> None:
     """One direction of one connection. Blocking threads, not a selector loop: the relay holds a handful of
     long-lived gRPC connections, and a thread blocked in recv wakes with no dispatch in between."""
     buffer = bytearray(CHUNK)  # reused: recv(CHUNK) would allocate (and mmap) a fresh buffer per message
@@ -78,10 +81,44 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
+        ended.set()
+
+
+def _drain(sock: socket.socket, timeout: float) -> None:
+    """Wait (a little) until what was relayed to the client has left, before the reset would discard it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            dst.shutdown(socket.SHUT_WR)
+            (queued,) = struct.unpack("i", fcntl.ioctl(sock, SIOCOUTQ, b"\0" * 4))
+        except OSError:
+            return
+        if queued == 0:
+            return
+        time.sleep(0.01)
+
+
+def _relay(client: socket.socket, server: socket.socket) -> None:
+    ended = threading.Event()
+    pumps = [threading.Thread(target=_pump, args=pair + (ended,), daemon=True)
+             for pair in ((client, server), (server, client))]
+    for pump in pumps:
+        pump.start()
+    ended.wait()
+    # One direction ended, so the connection is over (gRPC never half-closes TCP). It is torn down with a reset
+    # to the client, not a FIN: a FIN sent first would leave this end in TIME_WAIT on the client port, and Milvus's
+    # wheel probes that port without SO_REUSEADDR when a server is restarted on it (the fault tests); a reset is
+    # also what a client of a killed Milvus sees. shutdown(SHUT_RD) wakes the other pump without sending anything.
+    _drain(client, 1.0)
+    for sock in (client, server):
+        try:
+            sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
+    for pump in pumps:
+        pump.join()
+    OPEN.discard(client)
+    client.close()  # SO_LINGER 0: a reset
+    server.close()
 
 
 def _connect(port: int) -> socket.socket:
@@ -94,21 +131,15 @@ def _serve(listener: socket.socket, port: int) -> None:
     while True:
         client, _ = listener.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC sets it on its side; so must we
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() resets
+        OPEN.add(client)
         try:
             server = _connect(port)
-        except OSError:  # Milvus is not listening yet, or is gone: the client sees a refused connection
+        except OSError:  # Milvus is not listening yet, or is gone: the client sees a reset connection
+            OPEN.discard(client)
             client.close()
             continue
-
-        def relay(a=client, b=server):
-            back = threading.Thread(target=_pump, args=(b, a), daemon=True)
-            back.start()
-            _pump(a, b)
-            back.join()
-            a.close()
-            b.close()
-
-        threading.Thread(target=relay, daemon=True).start()
+        threading.Thread(target=_relay, args=(client, server), daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
@@ -156,6 +187,8 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=_serve, args=(listener, int(port)), daemon=True).start()
     _, status_code = os.waitpid(pid, 0)  # (retried after our signal handlers, PEP 475)
     code = os.waitstatus_to_exitcode(status_code)
+    for client in list(OPEN):
+        client.close()  # a reset (SO_LINGER 0), as Milvus's own sockets got
     if code < 0:  # Milvus died of a signal: so do we, so that our parent sees what Milvus's would have seen
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
