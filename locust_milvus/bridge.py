@@ -186,6 +186,7 @@ class AsyncBridge:
         self._thread_ident: int | None = None
         self._closers: list[Callable[[], Awaitable[object]]] = []
         self._stopped = False
+        self.closing = False  # close() has begun: no new work (the clients are being closed under it)
         _start_native_thread(self._run_loop, ())
         self.run(self._init_grpc_aio())
 
@@ -219,6 +220,13 @@ class AsyncBridge:
         """
         if os.getpid() != self.pid:
             raise RuntimeError("AsyncBridge used in a forked child; call get_bridge() in the child instead")
+        if self.closing:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise BridgeClosed("the process is shutting down: the async bridge takes no new work")
+        return self._run(coro)
+
+    def _run(self, coro: Awaitable[T]) -> T:
         hub = gevent.get_hub()
         # The watcher is started *before* the coroutine is submitted: libev drops a send() made to a stopped
         # async watcher, and a started watcher holds a reference that keeps the hub from exiting (LoopExit).
@@ -255,6 +263,9 @@ class AsyncBridge:
         """
         if self.loop.is_closed():
             return
+        # From here on a user's next operation would meet half-closed clients and fail ("the client has been
+        # closed", seen at SIGTERM mid-run): run() refuses it instead, and the user stops (users.py).
+        self.closing = True
         closers, self._closers = self._closers, []
 
         async def _shutdown() -> None:
@@ -274,13 +285,17 @@ class AsyncBridge:
 
         try:
             with gevent.Timeout(timeout):
-                self.run(_shutdown())
+                self._run(_shutdown())
         except (gevent.Timeout, RuntimeError) as exc:
             logger.warning("async bridge: not shut down cleanly: %r", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
         deadline = time.monotonic() + timeout
         while not self._stopped and time.monotonic() < deadline:
             gevent.sleep(0.01)
+
+
+class BridgeClosed(RuntimeError):
+    """The bridge is closing or closed: the process is shutting down."""
 
 
 _bridge: AsyncBridge | None = None

@@ -187,7 +187,7 @@ def _on_test_start(environment, **_kwargs) -> None:
         # generation leaves later collections only what the load itself allocates.
         gc.collect()
         gc.freeze()
-        monitor.start(runner)
+        monitor.start(runner, settings.timeout)
     except ConfigError as e:
         _fail_run(environment, str(e))
     except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup

@@ -12,6 +12,7 @@ from locust.runners import STATE_RUNNING, STATE_SPAWNING
 
 import logging
 import time
+import traceback
 
 import gevent
 
@@ -34,17 +35,42 @@ class Monitor:
         self.failures = 0
         self.unknown: dict[str, int] = {}  # operations cancelled in flight at stop, by name
         self._listening: set[int] = set()
+        # Sync calls in flight (greenlet -> operation, start), for the stuck-call watchdog: a call past its deadline
+        # by far has lost its wake-up (gRPC's gevent integration has had such hangs: grpc/grpc#27340, #20931),
+        # and its user silently sends nothing, which would make the run's figures quietly thinner.
+        self._sync_calls: dict = {}
+        self.stuck_after_s: float | None = None
+        self.stuck = 0
+        self._reported: set = set()
 
     # enter/leave are called from the hub thread for sync calls and from the loop thread for async ones;
     # each mode's counter is written by one thread only.
-    def enter(self, mode: str) -> None:
+    def enter(self, mode: str, name: str | None = None) -> None:
         n = self.in_flight[mode] + 1
         self.in_flight[mode] = n
         if n > self.peak[mode]:
             self.peak[mode] = n
+        if name is not None:  # a sync call, on the hub thread
+            self._sync_calls[gevent.getcurrent()] = (name, time.perf_counter())
 
     def leave(self, mode: str) -> None:
         self.in_flight[mode] -= 1
+        if mode == SYNC:
+            self._sync_calls.pop(gevent.getcurrent(), None)
+
+    def check_stuck(self) -> None:
+        """Warn once, with its stack, about each sync call in flight for longer than ``stuck_after_s``."""
+        if not self.stuck_after_s:
+            return
+        now = time.perf_counter()
+        for glet, (name, start) in list(self._sync_calls.items()):
+            if now - start > self.stuck_after_s and (id(glet), start) not in self._reported:
+                self._reported.add((id(glet), start))
+                self.stuck += 1
+                stack = "".join(traceback.format_stack(glet.gr_frame)) if glet.gr_frame is not None else ""
+                logger.warning("locust-milvus: a sync %s has been in flight for %.0f s, far past its deadline "
+                               "(--milvus-timeout): the call is stuck and its user sends nothing. Where it waits:\n%s",
+                               name, now - start, stack)
 
     def cancelled(self, name: str, n: int = 1) -> None:
         self.unknown[name] = self.unknown.get(name, 0) + n
@@ -54,14 +80,15 @@ class Monitor:
         if exception is not None:
             self.failures += 1
 
-    def start(self, runner) -> None:
+    def start(self, runner, deadline_s: float | None = None) -> None:
         self._runner = runner
+        self.stuck_after_s = max(3 * deadline_s, deadline_s + 10) if deadline_s else None
         # This process's own request count, logged at stop: in a distributed run the master's totals must be the
         # sum of the workers' (the distributed tests check that).
         if id(runner.environment) not in self._listening:
             runner.environment.events.request.add_listener(self._count)
             self._listening.add(id(runner.environment))
-        self.requests = self.failures = 0
+        self.requests = self.failures = self.stuck = 0
         self.unknown = {}
         self.peak = {SYNC: 0, ASYNC: 0}
         self.max_hub_lag_s = 0.0
@@ -70,7 +97,11 @@ class Monitor:
             self._ticker = gevent.spawn(self._tick)
 
     def _tick(self) -> None:
+        ticks = 0
         while True:
+            ticks += 1
+            if ticks % 100 == 0:  # once a second
+                self.check_stuck()
             t0 = time.perf_counter()
             gevent.sleep(TICK_S)
             lag = time.perf_counter() - t0 - TICK_S
@@ -91,9 +122,9 @@ class Monitor:
         # process_time covers every thread of the process: the hub, the asyncio loop and gRPC's own threads.
         logger.info(
             "locust-milvus monitor: peak_in_flight_sync=%d peak_in_flight_async=%d max_hub_lag_ms=%.1f cpu_s=%.3f "
-            "requests=%d failures=%d unknown_outcome=%d",
+            "requests=%d failures=%d unknown_outcome=%d stuck=%d",
             self.peak[SYNC], self.peak[ASYNC], self.max_hub_lag_s * 1000, time.process_time() - self._cpu_start,
-            self.requests, self.failures, sum(self.unknown.values()),
+            self.requests, self.failures, sum(self.unknown.values()), self.stuck,
         )
         if self.unknown:
             logger.info("locust-milvus: operations in flight at stop were cancelled, outcome unknown (not counted "

@@ -12,12 +12,13 @@ from locust import User, task
 from locust.exception import StopUser
 
 import asyncio
+import concurrent.futures
 import time
 
 import gevent
 
 from locust_milvus import lifecycle
-from locust_milvus.bridge import get_bridge
+from locust_milvus.bridge import BridgeClosed, get_bridge
 from locust_milvus.embeddings import embedding_calls
 from locust_milvus.events import ASYNC, SYNC, fire
 from locust_milvus.monitor import monitor
@@ -73,7 +74,7 @@ class SyncMilvusUser(MilvusUser):
         call.mode = 1  # the sync store's client (recall.py: Session consistency is per client)
         method = getattr(state.store, op.method)
         result, exc = None, None
-        monitor.enter(SYNC)
+        monitor.enter(SYNC, op.name)
         with embedding_calls() as embeds:
             start = time.perf_counter()
             try:
@@ -157,6 +158,11 @@ class AsyncMilvusUser(MilvusUser):
             call.mode = 2  # the async store's client
         try:
             outcomes = get_bridge().run(_gather(state, op, batch))
+        except (concurrent.futures.CancelledError, BridgeClosed):
+            # The process is quitting (SIGTERM mid-run): the bridge cancelled these calls, or takes no more.
+            # Unknown outcomes, not failures; and the user stops here instead of logging a traceback per task.
+            _cancelled(state, op, batch)
+            raise StopUser() from None
         except BaseException:  # GreenletExit at stop: the bridge cancelled the calls, mid-flight
             _cancelled(state, op, batch)
             raise

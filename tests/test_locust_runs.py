@@ -119,6 +119,36 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path):
     assert not alive(pid) and not Path(data).exists()
 
 
+def test_sigterm_mid_run_cuts_async_operations_off_as_unknown_outcomes(milvus, collection, tmp_path):
+    """SIGTERM while async operations are in flight (CI runners and Kubernetes stop pods this way): they are
+    cancelled and counted as unknown outcomes; no traceback, and no failure from a client closed under a user that
+    went on to its next operation (both were seen before the bridge refused new work while closing)."""
+    log = open(tmp_path / "locust.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "AsyncMilvusUser", "--headless", "-u", "2", "-r",
+         "2", "-t", "60s", "--host", milvus.uri, "--collection", collection, "--prepopulate", "50",
+         "--csv", str(tmp_path / "run")],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    try:
+        deadline = time.monotonic() + 90
+        while "All users spawned" not in (tmp_path / "locust.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(3)  # load
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "locust.log").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    stats = read_stats_csv(tmp_path / "run")
+    total = stats[("", "Aggregated")]
+    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, output[-3000:]
+    assert re.search(r"requests=\d+ failures=0 unknown_outcome=[1-9]", output), output[-3000:]
+
+
 def test_sigkill_of_locust_leaves_no_orphan_server(tmp_path):
     proc, pid, data = _start_embedded_run(tmp_path)
     proc.kill()

@@ -5,6 +5,7 @@ without a server."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from types import SimpleNamespace
@@ -153,3 +154,34 @@ def test_a_step_prints_a_progress_bar_with_rate_and_eta(monkeypatch):
     step.advance(250)  # 250 in 2 s: 125/s, 750 left: 6 s
     assert step.line() == "pre-population [#####...............] 250/1000 documents 25% (125/s, ETA 6 s)"
     assert step.as_dict()["eta_s"] == 6.0
+
+
+def test_a_sync_call_stuck_past_its_deadline_is_reported_once_with_its_stack(caplog):
+    import gevent
+
+    from locust_milvus.events import SYNC
+    from locust_milvus.monitor import Monitor
+
+    m = Monitor()
+    m.stuck_after_s = 0.05
+
+    def wedged_search():
+        m.enter(SYNC, "search")
+        try:
+            gevent.sleep(0.3)  # a call that never comes back in time
+        finally:
+            m.leave(SYNC)
+
+    glet = gevent.spawn(wedged_search)
+    gevent.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="locust_milvus.monitor"):
+        m.check_stuck()
+        assert m.stuck == 0 and not caplog.records  # not yet past the limit
+        gevent.sleep(0.1)
+        m.check_stuck()
+        m.check_stuck()
+    [record] = caplog.records
+    assert "a sync search has been in flight for 0 s" in record.getMessage()
+    assert "in wedged_search" in record.getMessage() and m.stuck == 1
+    glet.join()
+    assert m._sync_calls == {}  # left: nothing more to watch
