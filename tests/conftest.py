@@ -15,9 +15,12 @@ os.environ[_FORK_SUPPORT] = "false"
 
 import locust  # noqa: E402,F401,I001  first: Locust monkey-patches the standard library with gevent, as in a real run
 
+import atexit
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +112,18 @@ class LocustResult:
         return [(int(a), int(b), float(c)) for a, b, c in MONITOR.findall(self.output)]
 
 
+# Report folders of runs that do not choose one go here, not into the checkout's reports/ (which is the user's).
+_TEST_REPORTS = tempfile.mkdtemp(prefix="locust-milvus-test-reports-")
+atexit.register(shutil.rmtree, _TEST_REPORTS, True)
+
+
 def child_env(extra: dict | None = None) -> dict:
-    """The environment a subprocess gets: the user's (fork support as they had it), plus ``extra``."""
+    """The environment a subprocess gets: the user's (fork support as they had it), reports in a temporary
+    folder unless a test says otherwise (--reports-dir wins over the variable), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k != _FORK_SUPPORT}
     if _USER_FORK_SUPPORT is not None:
         env[_FORK_SUPPORT] = _USER_FORK_SUPPORT
+    env["LOCUST_REPORTS_DIR"] = _TEST_REPORTS
     return {**env, **(extra or {})}
 
 
