@@ -58,7 +58,7 @@ def measure(network: str, searches: int, seconds: float, threads: int) -> dict:
             start = time.perf_counter()
             client.search("bench", [queries[i % len(queries)]], limit=K)
             latencies.append((time.perf_counter() - start) * 1000)
-        relay_pid = server._proc.pid if server.isolated else None
+        relay_pid = server.relay_pid
         relay_cpu_before = cpu_seconds(relay_pid) if relay_pid else 0.0
         done, stop = [0] * threads, time.perf_counter() + seconds
 

@@ -35,13 +35,12 @@ class Monitor:
         self.failures = 0
         self.unknown: dict[str, int] = {}  # operations cancelled in flight at stop, by name
         self._listening: set[int] = set()
-        # Sync calls in flight (greenlet -> operation, start), for the stuck-call watchdog: a call past its deadline
-        # by far has lost its wake-up (gRPC's gevent integration has had such hangs: grpc/grpc#27340, #20931),
-        # and its user silently sends nothing, which would make the run's figures quietly thinner.
+        # Sync calls in flight (greenlet -> [operation, start, reported]), for the stuck-call watchdog: a call far
+        # past its deadline has lost its wake-up (gRPC's gevent integration has had such hangs: grpc/grpc#27340,
+        # #20931), and its user silently sends nothing, which would make the run's figures quietly thinner.
         self._sync_calls: dict = {}
         self.stuck_after_s: float | None = None
         self.stuck = 0
-        self._reported: set = set()
 
     # enter/leave are called from the hub thread for sync calls and from the loop thread for async ones;
     # each mode's counter is written by one thread only.
@@ -51,7 +50,7 @@ class Monitor:
         if n > self.peak[mode]:
             self.peak[mode] = n
         if name is not None:  # a sync call, on the hub thread
-            self._sync_calls[gevent.getcurrent()] = (name, time.perf_counter())
+            self._sync_calls[gevent.getcurrent()] = [name, time.perf_counter(), False]
 
     def leave(self, mode: str) -> None:
         self.in_flight[mode] -= 1
@@ -63,9 +62,10 @@ class Monitor:
         if not self.stuck_after_s:
             return
         now = time.perf_counter()
-        for glet, (name, start) in list(self._sync_calls.items()):
-            if now - start > self.stuck_after_s and (id(glet), start) not in self._reported:
-                self._reported.add((id(glet), start))
+        for glet, call in list(self._sync_calls.items()):
+            name, start, reported = call
+            if now - start > self.stuck_after_s and not reported:
+                call[2] = True
                 self.stuck += 1
                 stack = "".join(traceback.format_stack(glet.gr_frame)) if glet.gr_frame is not None else ""
                 logger.warning("locust-milvus: a sync %s has been in flight for %.0f s, far past its deadline "

@@ -143,6 +143,11 @@ class EmbeddedMilvus:
         return self._milvus_pid if self._proc else None
 
     @property
+    def relay_pid(self) -> int | None:
+        """The loopback relay's process (loopback.py), when Milvus runs in its private network."""
+        return self._proc.pid if self._proc and self.isolated else None
+
+    @property
     def data_dir(self) -> Path | None:
         return self._data_dir
 

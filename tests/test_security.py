@@ -249,7 +249,7 @@ def test_embedded_milvus_is_reachable_on_loopback_only(milvus):
     config = yaml.safe_load((milvus.data_dir / "configs" / "milvus.yaml").read_text())
     component_ports = {int(config[c]["port"]) for c in ALL_INTERFACES_COMPONENTS}
     component_ports.add(int(config["proxy"]["internalPort"]))
-    relay = milvus._proc.pid
+    relay = milvus.relay_pid
     milvus_tree = _tree(milvus.pid)
     assert relay not in milvus_tree and milvus.pid in _tree(relay)
 
