@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from locust import events
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_INIT, STATE_STOPPED, LocalRunner, MasterRunner, WorkerRunner
 
 import atexit
 import gc
@@ -23,7 +23,7 @@ import random
 
 import gevent
 
-from locust_milvus import pacing
+from locust_milvus import pacing, shutdown
 from locust_milvus.bridge import close_bridge, get_bridge
 from locust_milvus.data import DocSource, IdLedger
 from locust_milvus.dataset import load_dataset
@@ -34,6 +34,7 @@ from locust_milvus.operations import RunState
 from locust_milvus.options import settings_from
 from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.settings import ConfigError
+from locust_milvus.shield import calls_in_flight
 from locust_milvus.store import load_truth, open_async_store, open_store, prepare_collection, redact_uri
 from locust_milvus.verify import VERIFY_EXIT_CODE, verify
 
@@ -58,6 +59,7 @@ def _fatal(message: str) -> None:
 @events.init.add_listener
 def _on_init(environment, runner=None, **_kwargs) -> None:
     make_grpc_cooperative()
+    shutdown.install_sigint_handler()
     # pymilvus logs every failed RPC, and every reconnection attempt, with a full traceback: during an outage that
     # is thousands of lines a second, which costs the hub its time (and, with output piped to a full buffer,
     # blocks it). Each failure is already a failed request with its one-line message in Locust's failure table,
@@ -207,11 +209,23 @@ def _close_at_exit(astore) -> None:
         bridge.on_close(http.close)
 
 
+@events.test_stopping.add_listener
+def _on_test_stopping(environment, **_kwargs) -> None:
+    # A headless run that stops is ending (the --run-time limit): from here it must exit in bounded time.
+    # (A stop from the web UI, or a worker told to stop by its master, goes on to wait for the next test.)
+    options = environment.parsed_options
+    if options is not None and options.headless and not isinstance(environment.runner, WorkerRunner):
+        shutdown.arm(environment.stop_timeout, "the end of the test")
+
+
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         return
     monitor.stop()
+    if abandoned := calls_in_flight():
+        logger.info("locust-milvus: %d sync call(s) cut off at stop are still running in their own greenlets; they "
+                    "end within --milvus-timeout, unobserved", abandoned)
     if _state is not None and _state.settings.target_rps:
         pacing.log_if_not_met(_state.settings.target_rps)
     # Users are stopped by now (test_stop fires after they are killed): the ledger is final.
@@ -224,5 +238,12 @@ def _on_test_stop(environment, **_kwargs) -> None:
 
 @events.quitting.add_listener
 def _on_quitting(environment, **_kwargs) -> None:
+    shutdown.arm(environment.stop_timeout, "quitting")
+    runner = environment.runner
+    if isinstance(runner, LocalRunner) and runner.state not in (STATE_INIT, STATE_STOPPED):
+        # Ctrl-C and SIGTERM fire quitting while users still run (Locust stops them after its quitting
+        # listeners). Stop them first: otherwise they go on calling the embedded Milvus and the bridge that are
+        # closed just below, and their failures would land in the report.
+        runner.stop()
     close_bridge()
     _stop_embedded()

@@ -33,7 +33,7 @@ class Monitor:
         self._cpu_start = 0.0
         self.requests = 0
         self.failures = 0
-        self.unknown: dict[str, int] = {}  # operations cancelled in flight at stop, by name
+        self.unknown: dict[tuple[str, str], int] = {}  # operations cut off in flight at stop, by (mode, name)
         self._listening: set[int] = set()
         # Sync calls in flight (greenlet -> [operation, start, reported]), for the stuck-call watchdog: a call far
         # past its deadline has lost its wake-up (gRPC's gevent integration has had such hangs: grpc/grpc#27340,
@@ -72,8 +72,10 @@ class Monitor:
                                "(--milvus-timeout): the call is stuck and its user sends nothing. Where it waits:\n%s",
                                name, now - start, stack)
 
-    def cancelled(self, name: str, n: int = 1) -> None:
-        self.unknown[name] = self.unknown.get(name, 0) + n
+    def cancelled(self, mode: str, name: str, n: int = 1) -> None:
+        """``n`` calls of ``name`` were cut off by a stop: their outcome is unknown (a sync call goes on unobserved
+        in its own greenlet, an async one is cancelled on the loop)."""
+        self.unknown[(mode, name)] = self.unknown.get((mode, name), 0) + n
 
     def _count(self, exception=None, **_kwargs) -> None:
         self.requests += 1
@@ -127,8 +129,9 @@ class Monitor:
             self.requests, self.failures, sum(self.unknown.values()), self.stuck,
         )
         if self.unknown:
-            logger.info("locust-milvus: operations in flight at stop were cancelled, outcome unknown (not counted "
-                        "as requests): %s", ", ".join(f"{name} {n}" for name, n in sorted(self.unknown.items())))
+            logger.info("locust-milvus: operations in flight at stop were cut off, outcome unknown (not counted as "
+                        "requests): %s", ", ".join(f"{mode.removeprefix('langchain-')} {name} {n}"
+                                                   for (mode, name), n in sorted(self.unknown.items())))
 
 
 monitor = Monitor()

@@ -23,6 +23,7 @@ from locust_milvus.embeddings import embed_pool
 from locust_milvus.events import OperationFailed
 from locust_milvus.recall import GroundTruth
 from locust_milvus.settings import Settings
+from locust_milvus.shield import call_shielded
 
 logger = logging.getLogger(__name__)
 
@@ -324,8 +325,9 @@ def _bootstrapped(state: RunState, call: Call, result: Milvus) -> int:
 def _drop_scratch(state: RunState, call: Call) -> None:
     # Untimed, best-effort clean-up: each bootstrap makes its own collection (concurrent users must not share
     # one). A failed drop is logged, not counted: the bootstrap itself was measured already.
-    try:
-        state.store.client.drop_collection(call.kwargs["collection_name"], timeout=state.settings.timeout)
+    try:  # shielded: this also runs when the user is stopped mid-bootstrap (shield.py)
+        call_shielded(state.store.client.drop_collection, call.kwargs["collection_name"],
+                      timeout=state.settings.timeout)
     except Exception as exc:  # noqa: BLE001
         logger.warning("locust-milvus: could not drop scratch collection %s: %s", call.kwargs["collection_name"], exc)
 

@@ -24,6 +24,7 @@ from locust_milvus.events import ASYNC, SYNC, fire
 from locust_milvus.monitor import monitor
 from locust_milvus.operations import TABLE, Call, Operation, RunState
 from locust_milvus.pacing import Pacer
+from locust_milvus.shield import call_shielded
 
 # A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
 # spin the CPU while adds catch up. It is not a request and is not timed.
@@ -63,7 +64,10 @@ class MilvusUser(User):
 
 class SyncMilvusUser(MilvusUser):
     """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
-    in flight."""
+    in flight. Each call runs in a greenlet of its own (shield.py): stopping the user abandons the wait, never
+    the call, so a stop cannot corrupt gRPC's locks."""
+
+    mode = SYNC  # the request type of its events
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
@@ -72,23 +76,29 @@ class SyncMilvusUser(MilvusUser):
             gevent.sleep(SKIP_PAUSE_S)
             return
         call.mode = 1  # the sync store's client (recall.py: Session consistency is per client)
-        method = getattr(state.store, op.method)
-        result, exc = None, None
-        monitor.enter(SYNC, op.name)
-        with embedding_calls() as embeds:
-            start = time.perf_counter()
-            try:
-                result = method(**op.call_kwargs(state, call))
-            except Exception as e:  # noqa: BLE001 - every failure becomes a failed request event
-                exc = e
-            except BaseException:  # GreenletExit: the user was stopped mid-call; nobody knows what happened
-                _cancelled(state, op, [call])
-                raise
-            finally:
-                elapsed = time.perf_counter() - start
-                monitor.leave(SYNC)
+        try:
+            result, start, elapsed, exc, embeds = call_shielded(_timed_sync, state, op, call)
+        except BaseException:  # GreenletExit: the user was stopped mid-call; the call goes on, its outcome unknown
+            _cancelled(state, op, [call], SYNC)
+            raise
         length, exc = op.complete(state, call, result, exc)
         _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds, _context(call, planned, start + elapsed))
+
+
+def _timed_sync(state: RunState, op: Operation, call: Call):
+    """One sync call, timed around the call alone; runs in its own greenlet (shield.py), so that the embedding
+    calls collected here are this call's only."""
+    method = getattr(state.store, op.method)
+    monitor.enter(SYNC, op.name)
+    with embedding_calls() as embeds:
+        start = time.perf_counter()
+        try:
+            result = method(**op.call_kwargs(state, call))
+            return result, start, time.perf_counter() - start, None, embeds
+        except Exception as e:  # noqa: BLE001 - handed back to the user's greenlet, fired as a failure
+            return None, start, time.perf_counter() - start, e, embeds
+        finally:
+            monitor.leave(SYNC)
 
 
 def _context(call: Call, planned: float | None, ended: float) -> dict | None:
@@ -102,12 +112,12 @@ def _context(call: Call, planned: float | None, ended: float) -> dict | None:
     return context or None
 
 
-def _cancelled(state: RunState, op: Operation, calls: list[Call]) -> None:
+def _cancelled(state: RunState, op: Operation, calls: list[Call], mode: str) -> None:
     """Calls cut off by a stop: not requests (they have no result), counted as unknown outcomes, and their
     writes marked unknown in the ledger (never as successes)."""
     for call in calls:
         op.abandon(state, call)
-    monitor.cancelled(op.name, len(calls))
+    monitor.cancelled(mode, op.name, len(calls))
 
 
 def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds, context=None) -> None:
@@ -144,6 +154,7 @@ class AsyncMilvusUser(MilvusUser):
     """Calls LangChain's async methods on this process's asyncio loop (bridge.py); each task iteration keeps
     --async-concurrency operations in flight with ``asyncio.gather``, one request event each."""
 
+    mode = ASYNC
     uses_async_bridge = True  # lifecycle builds the process's async store on the bridge for these users
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
@@ -161,10 +172,10 @@ class AsyncMilvusUser(MilvusUser):
         except (concurrent.futures.CancelledError, BridgeClosed):
             # The process is quitting (SIGTERM mid-run): the bridge cancelled these calls, or takes no more.
             # Unknown outcomes, not failures; and the user stops here instead of logging a traceback per task.
-            _cancelled(state, op, batch)
+            _cancelled(state, op, batch, ASYNC)
             raise StopUser() from None
         except BaseException:  # GreenletExit at stop: the bridge cancelled the calls, mid-flight
-            _cancelled(state, op, batch)
+            _cancelled(state, op, batch, ASYNC)
             raise
         for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)

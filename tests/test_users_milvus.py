@@ -220,5 +220,5 @@ def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, colle
     finally:
         os.kill(milvus.pid, signal.SIGCONT)
     assert events == []  # neither a success nor a failure: no result
-    assert monitor.unknown == {"add": 1}
+    assert monitor.unknown == {(user_class.mode, "add"): 1}
     assert sum(1 for s in ledger.states.values() if s == "unknown") == 5  # its ids: maybe written, maybe not

@@ -32,7 +32,7 @@ import gevent
 
 from locust_milvus.operations import TABLE
 from locust_milvus.report import folder as report_folder
-from locust_milvus.report import gates, server_metrics, summary
+from locust_milvus.report import gates, plots, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.settings import ConfigError
 
@@ -94,6 +94,7 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
         environment.events.request.add_listener(recorder.record)
     environment.events.reset_stats.add_listener(recorder.reset)  # the web UI's "reset stats"
     environment.events.reset_stats.add_listener(_restart_scraping)
+    plots.prepare_fonts()  # this process draws the charts: now, before any gRPC thread exists (plots.py says why)
     if environment.parsed_options is None:
         return
     try:

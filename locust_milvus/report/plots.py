@@ -15,6 +15,18 @@ MAX_LINES = 10  # throughput lines beyond this many (the smallest by requests) w
 DPI = 100
 
 
+def prepare_fonts() -> None:
+    """Have matplotlib build (or load) its font list now.
+
+    Without a font cache (a fresh machine, a new matplotlib) matplotlib builds it when the first chart is drawn,
+    running ``fc-list`` in a subprocess; under gevent's patching that is a plain fork() of the whole process. At the
+    end of a run gRPC's threads are live, and gRPC then skips its fork handlers ("Other threads are currently
+    calling into gRPC, skipping fork() handlers"): a fork beside running gRPC threads is a known deadlock source
+    (https://github.com/grpc/grpc/blob/master/doc/fork_support.md). Called at init, before any channel exists.
+    """
+    import matplotlib.font_manager  # noqa: F401 - builds or loads the font list (about 0.3 s)
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
