@@ -119,15 +119,18 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path):
     assert not alive(pid) and not Path(data).exists()
 
 
-def test_sigterm_mid_run_cuts_async_operations_off_as_unknown_outcomes(milvus, collection, tmp_path):
-    """SIGTERM while async operations are in flight (CI runners and Kubernetes stop pods this way): they are
-    cancelled and counted as unknown outcomes; no traceback, and no failure from a client closed under a user that
-    went on to its next operation (both were seen before the bridge refused new work while closing)."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_mid_run_cuts_operations_off_as_unknown_outcomes_and_ends_the_run(milvus, collection, tmp_path, sig):
+    """SIGTERM (CI runners and Kubernetes stop pods this way) or Ctrl-C while operations of both users are in
+    flight: they are cut off and counted as unknown outcomes, never as failures; no traceback (Ctrl-C used to print
+    a KeyboardInterrupt traceback from a user's greenlet mid-call, and SIGTERM async failures from a client closed
+    under a user that went on to its next operation); the report is written and the process exits in bounded
+    time (--stop-timeout 0 + 10 s, the shutdown deadline)."""
     log = open(tmp_path / "locust.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "AsyncMilvusUser", "--headless", "-u", "2", "-r",
-         "2", "-t", "60s", "--host", milvus.uri, "--collection", collection, "--prepopulate", "50",
-         "--csv", str(tmp_path / "run")],
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "6", "-r", "6", "-t", "60s",
+         "--host", milvus.uri, "--collection", collection, "--prepopulate", "50", "--csv", str(tmp_path / "run"),
+         "--reports-dir", str(tmp_path / "reports")],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
     try:
         deadline = time.monotonic() + 90
@@ -135,18 +138,23 @@ def test_sigterm_mid_run_cuts_async_operations_off_as_unknown_outcomes(milvus, c
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(3)  # load
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
+        sent = time.monotonic()
         proc.wait(timeout=60)
+        took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
         log.close()
     output = (tmp_path / "locust.log").read_text()
-    assert "Traceback" not in output, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    assert took < 10, f"exited {took:.1f} s after the signal"
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     stats = read_stats_csv(tmp_path / "run")
     total = stats[("", "Aggregated")]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, output[-3000:]
     assert re.search(r"requests=\d+ failures=0 unknown_outcome=[1-9]", output), output[-3000:]
+    assert "report written to" in output and list((tmp_path / "reports").glob("*/summary.json")), output[-3000:]
 
 
 def test_sigkill_of_locust_leaves_no_orphan_server(tmp_path):
