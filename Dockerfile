@@ -1,6 +1,6 @@
 # The locust-milvus image: Locust with this project installed, for docker-compose.yml (master and workers) and the
 # Kubernetes values in deploy/. Build: docker build -t locust-milvus:0.1.0 .
-# Run: docker run --rm -p 8089:8089 locust-milvus:0.1.0 -f locustfiles/langchain_milvus.py --host http://HOST:19530
+# Run: docker run --rm -p 8089:8089 locust-milvus:0.1.0 -f locustfiles/locustfile.py --host http://HOST:19530
 #
 # The project's embedded Milvus (the `milvus` wheel, x86_64 only) is installed too but is used only without --host;
 # every deployment here gives --host, since workers on other machines cannot reach a master's loopback server.
@@ -22,7 +22,7 @@ COPY pyproject.toml README.md ./
 COPY locust_milvus ./locust_milvus
 RUN pip install . && rm -rf build locust_milvus.egg-info
 
-# Relative to WORKDIR /app, as in the repository: `-f locustfiles/langchain_milvus.py`, `--config scenarios/...`
+# Relative to WORKDIR /app, as in the repository: `-f locustfiles/locustfile.py`, `--config scenarios/...`
 # and `--dataset data/...` work the same here as in a checkout.
 COPY locustfiles ./locustfiles
 COPY scenarios ./scenarios
@@ -36,4 +36,4 @@ USER locust
 # 8089: the master's web UI; 5557: where workers connect to the master.
 EXPOSE 8089 5557
 ENTRYPOINT ["locust"]
-CMD ["-f", "locustfiles/langchain_milvus.py"]
+CMD ["-f", "locustfiles/locustfile.py"]

@@ -15,8 +15,8 @@ import time
 
 from langchain_milvus import Milvus
 
-from locust_milvus.data import query_text
-from locust_milvus.embeddings import make_embedding
+from locust_milvus.workload.data import query_text
+from locust_milvus.workload.embeddings import make_embedding
 
 
 async def main(uri: str, collection: str, seconds: float, concurrency: int, dim: int) -> dict:

@@ -9,9 +9,9 @@ from locust.contrib.milvus import MilvusUser
 import os
 import random
 
-from locust_milvus.data import query_text
-from locust_milvus.embeddings import make_embedding
-from locust_milvus.monitor import monitor
+from locust_milvus.workload.data import query_text
+from locust_milvus.workload.embeddings import make_embedding
+from locust_milvus.runtime.monitor import monitor
 
 DIM = int(os.environ.get("LOCUST_BENCH_DIM", "128"))
 _embedding = make_embedding(DIM)

@@ -1,4 +1,4 @@
-"""Benchmark: what the embedded Milvus's loopback relay (locust_milvus/loopback.py) costs per call.
+"""Benchmark: what the embedded Milvus's loopback relay (locust_milvus/embedded/loopback.py) costs per call.
 
     python bench/loopback_relay.py [--searches 3000] [--seconds 10] [--threads 8]
 
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from locust_milvus.server import EmbeddedMilvus  # noqa: E402
+from locust_milvus.embedded.server import EmbeddedMilvus  # noqa: E402
 
 DIM, ROWS, K = 128, 1000, 3
 

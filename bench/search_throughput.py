@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from locust_milvus.server import EmbeddedMilvus  # noqa: E402
+from locust_milvus.embedded.server import EmbeddedMilvus  # noqa: E402
 
 MONITOR = re.compile(r"locust-milvus monitor: .* cpu_s=([\d.]+)")
 COLLECTION = "bench"
@@ -48,7 +48,7 @@ def locust(locustfile: Path, uri: str, users: int, seconds: int, *extra: str, en
 
 
 def ours(user_class: str, uri: str, users: int, seconds: int) -> dict:
-    return locust(ROOT / "locustfiles" / "langchain_milvus.py", uri, users, seconds, user_class, "--collection",
+    return locust(ROOT / "locustfiles" / "locustfile.py", uri, users, seconds, user_class, "--collection",
                   COLLECTION, "--drop-collection", "--prepopulate", "1000", "--dim", "128", "--top-k", "3",
                   "--add-weight", "0", "--delete-weight", "0", "--search-weight", "1")
 

@@ -4,7 +4,7 @@
 once it is ready. ``locust-milvus tutorial [--host URI] [--counts 10,100,1000]`` reproduces the LangChain
 tutorial's sync-versus-async table (see tutorial.py). ``locust-milvus compare DIR_A DIR_B [--out DIR]`` puts two
 report folders side by side (report/compare.py). Load tests themselves run through
-``locust -f locustfiles/langchain_milvus.py``.
+``locust -f locustfiles/locustfile.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.command == "server":
-        from locust_milvus.server import serve
+        from locust_milvus.embedded.server import serve
 
         if args.port is not None and not 0 < args.port < 65536:
             parser.error(f"--port must be between 1 and 65535, got {args.port}")
@@ -48,8 +48,9 @@ def _tutorial(parser: argparse.ArgumentParser, args) -> int:
     import time
     from pathlib import Path
 
-    from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
-    from locust_milvus.settings import ConfigError, check_uri, redact_uri
+    from locust_milvus.config.secrets import redact_uri
+    from locust_milvus.config.settings import ConfigError, check_uri
+    from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
     from locust_milvus.tutorial import run, write_report
 
     try:
@@ -83,8 +84,8 @@ def _tutorial(parser: argparse.ArgumentParser, args) -> int:
 
 
 def _compare(args) -> int:
+    from locust_milvus.config.settings import ConfigError
     from locust_milvus.report.compare import compare_folders
-    from locust_milvus.settings import ConfigError
 
     try:
         files = compare_folders(args.dir_a, args.dir_b, args.out)

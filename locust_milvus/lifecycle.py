@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from locust import events
 from locust.runners import STATE_INIT, STATE_STOPPED, LocalRunner, MasterRunner, WorkerRunner
 
 import atexit
@@ -23,20 +22,22 @@ import random
 
 import gevent
 
-from locust_milvus import pacing, shutdown
-from locust_milvus.bridge import close_bridge, get_bridge
-from locust_milvus.data import DocSource, IdLedger
-from locust_milvus.dataset import load_dataset
-from locust_milvus.events import one_line
-from locust_milvus.grpc_gevent import make_grpc_cooperative
-from locust_milvus.monitor import monitor
-from locust_milvus.operations import RunState
-from locust_milvus.options import settings_from
-from locust_milvus.server import EmbeddedMilvus, EmbeddedServerError
-from locust_milvus.settings import ConfigError
-from locust_milvus.shield import calls_in_flight
-from locust_milvus.store import load_truth, open_async_store, open_store, prepare_collection, redact_uri
-from locust_milvus.verify import VERIFY_EXIT_CODE, verify
+from locust_milvus.config.load import settings_from
+from locust_milvus.config.secrets import redact_uri
+from locust_milvus.config.settings import ConfigError
+from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
+from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
+from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, verify
+from locust_milvus.runtime import shutdown
+from locust_milvus.runtime.bridge import close_bridge, get_bridge
+from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
+from locust_milvus.runtime.monitor import monitor
+from locust_milvus.runtime.shield import calls_in_flight
+from locust_milvus.workload import pacing
+from locust_milvus.workload.data import DocSource, IdLedger
+from locust_milvus.workload.dataset import load_dataset
+from locust_milvus.workload.operations import RunState
+from locust_milvus.workload.request_events import one_line
 
 logger = logging.getLogger("locust_milvus")
 
@@ -56,8 +57,7 @@ def _fatal(message: str) -> None:
     raise SystemExit(1)
 
 
-@events.init.add_listener
-def _on_init(environment, runner=None, **_kwargs) -> None:
+def on_init(environment, runner=None) -> None:
     make_grpc_cooperative()
     shutdown.install_sigint_handler()
     # pymilvus logs every failed RPC, and every reconnection attempt, with a full traceback: during an outage that
@@ -146,8 +146,7 @@ def _fail_run(environment, message: str) -> None:
         gevent.spawn(runner.stop)
 
 
-@events.test_start.add_listener
-def _on_test_start(environment, **_kwargs) -> None:
+def on_test_start(environment, **_kwargs) -> None:
     global _state, _prepared
     _state = None
     runner = environment.runner
@@ -209,8 +208,7 @@ def _close_at_exit(astore) -> None:
         bridge.on_close(http.close)
 
 
-@events.test_stopping.add_listener
-def _on_test_stopping(environment, **_kwargs) -> None:
+def on_test_stopping(environment, **_kwargs) -> None:
     # A headless run that stops is ending (the --run-time limit): from here it must exit in bounded time.
     # (A stop from the web UI, or a worker told to stop by its master, goes on to wait for the next test.)
     options = environment.parsed_options
@@ -218,8 +216,7 @@ def _on_test_stopping(environment, **_kwargs) -> None:
         shutdown.arm(environment.stop_timeout, "the end of the test")
 
 
-@events.test_stop.add_listener
-def _on_test_stop(environment, **_kwargs) -> None:
+def on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         return
     monitor.stop()
@@ -236,8 +233,7 @@ def _on_test_stop(environment, **_kwargs) -> None:
             environment.process_exit_code = VERIFY_EXIT_CODE
 
 
-@events.quitting.add_listener
-def _on_quitting(environment, **_kwargs) -> None:
+def on_quitting(environment, **_kwargs) -> None:
     shutdown.arm(environment.stop_timeout, "quitting")
     runner = environment.runner
     if isinstance(runner, LocalRunner) and runner.state not in (STATE_INIT, STATE_STOPPED):

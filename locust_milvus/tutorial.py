@@ -20,9 +20,9 @@ from pathlib import Path
 
 from langchain_milvus import Milvus
 
-from locust_milvus.data import make_document
-from locust_milvus.embeddings import make_embedding
-from locust_milvus.store import create_schema
+from locust_milvus.milvus.store import create_schema
+from locust_milvus.workload.data import make_document
+from locust_milvus.workload.embeddings import make_embedding
 
 # Published in shared/seeds/langchain_milvus_async.md (seconds; OpenAI embeddings, remote Milvus, 2025-06-05).
 PUBLISHED = {

@@ -27,12 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from locust_milvus.options import DEFAULT_WEIGHTS
-from locust_milvus.server import EmbeddedMilvus
-from locust_milvus.settings import Settings
+from locust_milvus import plugin
+from locust_milvus.config.options import DEFAULT_WEIGHTS
+from locust_milvus.embedded.server import EmbeddedMilvus
+from locust_milvus.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "locustfiles" / "langchain_milvus.py"
+# What a locustfile's import does: the options reach Locust's parser (tests build options with get_parser()).
+plugin.install()
+LOCUSTFILE = ROOT / "locustfiles" / "locustfile.py"
 MONITOR = re.compile(
     r"locust-milvus monitor: peak_in_flight_sync=(\d+) peak_in_flight_async=(\d+) max_hub_lag_ms=([\d.]+)"
 )
@@ -43,7 +46,7 @@ def _close_the_bridge_at_the_end():
     """Shut this process's asyncio bridge down in order when the session ends, as locust does at quitting
     (bridge.AsyncBridge.close), instead of leaving its threads to the interpreter's finalisation."""
     yield
-    from locust_milvus.bridge import close_bridge
+    from locust_milvus.runtime.bridge import close_bridge
 
     close_bridge()
 

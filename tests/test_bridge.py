@@ -9,7 +9,7 @@ import time
 import gevent
 import pytest
 
-from locust_milvus.bridge import get_bridge
+from locust_milvus.runtime.bridge import get_bridge
 
 
 def test_result_comes_back():

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from locust_milvus.dataset import DatasetError, load_dataset
+from locust_milvus.workload.dataset import DatasetError, load_dataset
 
 from .conftest import ROOT, read_stats_csv, run_locust
 
@@ -80,7 +80,7 @@ def test_run_on_the_shipped_sample(milvus, collection, tmp_path):
 
 @pytest.mark.locust
 def test_run_with_dataset_vectors(milvus, collection, tmp_path):
-    from locust_milvus.embeddings import make_embedding
+    from locust_milvus.workload.embeddings import make_embedding
 
     emb = make_embedding(32)
     path = tmp_path / "vectors.jsonl"

@@ -25,8 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-import locust_milvus.options  # noqa: F401  (registers the project's options with Locust's parser)
-from locust_milvus.options import settings_from
+import locust_milvus.config.options  # noqa: F401  (registers the project's options with Locust's parser)
+from locust_milvus.config.load import settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -156,10 +156,10 @@ def test_dockerfile_workdir_entrypoint_and_base_image():
 
 def test_image_holds_the_locustfile_the_package_source_and_no_secrets():
     files = image_files()
-    assert files["/app/locustfiles/langchain_milvus.py"] == "locustfiles/langchain_milvus.py"
+    assert files["/app/locustfiles/locustfile.py"] == "locustfiles/locustfile.py"
     assert files["/app/pyproject.toml"] == "pyproject.toml"
     assert files["/app/README.md"] == "README.md"  # pyproject.toml's readme: `pip install .` fails without it
-    assert files["/app/locust_milvus/options.py"] == "locust_milvus/options.py"
+    assert files["/app/locust_milvus/config/options.py"] == "locust_milvus/config/options.py"
     assert "/app/data/python_stdlib_docs.jsonl" in files  # --dataset data/... works in the image as in a checkout
     assert not [path for path in files.values() if PurePosixPath(path).name == ".env" or "__pycache__" in path]
 
@@ -188,7 +188,7 @@ def test_dockerignore_keeps_keys_out_and_lets_the_copied_files_in():
     assert not [p for p in patterns if p.startswith("!")], "negations are not modelled by `ignored`"
     assert ignored(".env", patterns)
     assert ignored("locust_milvus/__pycache__/options.cpython-311.pyc", patterns)
-    for needed in ("pyproject.toml", "README.md", "locust_milvus/options.py", "locustfiles/langchain_milvus.py"):
+    for needed in ("pyproject.toml", "README.md", "locust_milvus/config/options.py", "locustfiles/locustfile.py"):
         assert not ignored(needed, patterns), needed
 
 

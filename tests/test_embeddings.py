@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
 
-from locust_milvus.embeddings import (
+from locust_milvus.workload.embeddings import (
     EMBED_DOCUMENTS,
     EMBED_QUERY,
     OfflineEmbedding,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from locust_milvus.server import EmbeddedMilvus
+from locust_milvus.embedded.server import EmbeddedMilvus
 
 from .conftest import LOCUSTFILE, ROOT, child_env, read_stats_csv, run_locust
 from .test_web_ui import free_port

@@ -219,7 +219,7 @@ def test_existing_collection_with_other_field_names_is_read_as_it_is(milvus, col
     # A collection made by another tool: its own field names, no LangChain conventions.
     from pymilvus import DataType, MilvusClient
 
-    from locust_milvus.embeddings import make_embedding
+    from locust_milvus.workload.embeddings import make_embedding
 
     client = MilvusClient(uri=milvus.uri)
     schema = client.create_schema(auto_id=False)

@@ -73,7 +73,7 @@ def test_missing_key_is_a_clear_error_before_load(tmp_path):
 def test_key_is_read_from_dotenv_without_overriding_the_environment(milvus, collection, tmp_path, openai_endpoint):
     # .env in the working directory: its key is used; an OPENAI_BASE_URL already set in the environment wins.
     (tmp_path / ".env").write_text(f"OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL=http://127.0.0.1:9/v1\n")
-    locustfile = ROOT / "locustfiles" / "langchain_milvus.py"
+    locustfile = ROOT / "locustfiles" / "locustfile.py"
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2", "-t", "3s",
          "--host", milvus.uri, "--collection", collection, "--prepopulate", "10", "--embedding", "openai",

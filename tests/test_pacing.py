@@ -14,10 +14,10 @@ import time
 import gevent
 import pytest
 
-from locust_milvus import pacing
-from locust_milvus.pacing import DROP_AFTER_S, Pacer, parse_target_rps
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report.histograms import Recorder
-from locust_milvus.settings import ConfigError
+from locust_milvus.workload import pacing
+from locust_milvus.workload.pacing import DROP_AFTER_S, Pacer, parse_target_rps
 
 from .conftest import LOCUSTFILE, ROOT, child_env
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from locust_milvus.recall import GroundTruth
 from locust_milvus.report import gates
+from locust_milvus.workload.recall import GroundTruth
 
 from .conftest import run_locust
 

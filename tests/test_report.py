@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import gates
 from locust_milvus.report.histograms import Recorder, decode, merge_into, new_histogram, percentiles_ms
 from locust_milvus.report.summary import build, redacted_config
-from locust_milvus.settings import ConfigError
 
 from .conftest import LOCUSTFILE, ROOT, child_env, run_locust
 

@@ -12,11 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from locust_milvus import health as health_module
-from locust_milvus import webui
-from locust_milvus.health import CPU_LIMIT_PCT, SUSTAIN_S, Health
-from locust_milvus.progress import SetupProgress
+from locust_milvus.config.secrets import scrubber
 from locust_milvus.report.summary import blocks, to_markdown
+from locust_milvus.runtime import health as health_module
+from locust_milvus.runtime.health import CPU_LIMIT_PCT, SUSTAIN_S, Health
+from locust_milvus.runtime.progress import SetupProgress
+from locust_milvus.web import page as webui
 
 from .conftest import LOCUSTFILE, ROOT, run_locust
 from .test_unit import fake_environment
@@ -142,12 +143,12 @@ def test_the_run_page_shows_no_secret(monkeypatch):
     assert rows["Milvus"] == "http://127.0.0.1:19530" and token not in json.dumps(rows)
     # Belt and braces, for a secret that crept into some other value (a collection name, a host).
     crept = json.dumps({"collection": f"x{token}y", "host": "http://u:sk-test-abcdef123456@h", "rows": rows})
-    scrubbed = webui.scrub(crept, env.parsed_options)
+    scrubbed = scrubber(env.parsed_options)(crept)
     assert token not in scrubbed and "sk-test-abcdef123456" not in scrubbed and "x(redacted)y" in scrubbed
 
 
 def test_a_step_prints_a_progress_bar_with_rate_and_eta(monkeypatch):
-    from locust_milvus import progress as progress_module
+    from locust_milvus.runtime import progress as progress_module
 
     step = progress_module.Step("pre-population", 1000, "documents", started_s=100.0)
     monkeypatch.setattr(progress_module.time, "time", lambda: 102.0)
@@ -159,8 +160,8 @@ def test_a_step_prints_a_progress_bar_with_rate_and_eta(monkeypatch):
 def test_a_sync_call_stuck_past_its_deadline_is_reported_once_with_its_stack(caplog):
     import gevent
 
-    from locust_milvus.events import SYNC
-    from locust_milvus.monitor import Monitor
+    from locust_milvus.runtime.monitor import Monitor
+    from locust_milvus.workload.request_events import SYNC
 
     m = Monitor()
     m.stuck_after_s = 0.05
@@ -174,7 +175,7 @@ def test_a_sync_call_stuck_past_its_deadline_is_reported_once_with_its_stack(cap
 
     glet = gevent.spawn(wedged_search)
     gevent.sleep(0.01)
-    with caplog.at_level(logging.WARNING, logger="locust_milvus.monitor"):
+    with caplog.at_level(logging.WARNING, logger="locust_milvus.runtime.monitor"):
         m.check_stuck()
         assert m.stuck == 0 and not caplog.records  # not yet past the limit
         gevent.sleep(0.1)

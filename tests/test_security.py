@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from locust_milvus.options import hidden_argv, hide_host_credentials, settings_from
-from locust_milvus.server import EmbeddedMilvus, server_environment
-from locust_milvus.settings import redact_uri, split_credentials
-from locust_milvus.store import connection_args
+from locust_milvus.config.load import settings_from
+from locust_milvus.config.secrets import hidden_argv, hide_host_credentials, redact_uri, split_credentials
+from locust_milvus.embedded.server import EmbeddedMilvus, server_environment
+from locust_milvus.milvus.store import connection_args
 
 from .conftest import LOCUSTFILE, ROOT, child_env, make_settings, read_stats_csv
 from .test_unit import fake_environment

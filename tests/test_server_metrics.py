@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from locust_milvus.operations import TABLE
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import server_metrics as sm
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.report.summary import blocks, build, to_markdown
-from locust_milvus.settings import ConfigError
+from locust_milvus.workload.operations import TABLE
 
 from .conftest import ROOT, run_locust
 
@@ -258,7 +258,7 @@ def test_the_deployment_files_scrape_the_milvus_they_load(monkeypatch):
 
     import yaml
 
-    import locust_milvus.options  # noqa: F401  (registers --milvus-metrics-url with Locust's parser)
+    import locust_milvus.config.options  # noqa: F401  (registers --milvus-metrics-url with Locust's parser)
 
     for name in [n for n in os.environ if n.startswith("LOCUST_")]:
         monkeypatch.delenv(name)  # a developer's own settings must not decide this

@@ -12,8 +12,8 @@ import gevent
 import gevent.event
 import pytest
 
-from locust_milvus import shield
-from locust_milvus.shutdown import FORCED_EXIT_CODE
+from locust_milvus.runtime import shield
+from locust_milvus.runtime.shutdown import FORCED_EXIT_CODE
 
 from .conftest import ROOT, child_env
 
@@ -74,7 +74,7 @@ def test_the_shutdown_deadline_ends_a_process_whose_hub_is_stuck():
     proc, took = _python("""
         from gevent import monkey; monkey.patch_all()
         from gevent.monkey import get_original
-        from locust_milvus import shutdown
+        from locust_milvus.runtime import shutdown
         shutdown.GRACE_S = 1.0
         shutdown.arm(0.5, "the end of the test")
         get_original("time", "sleep")(60)  # the hub blocked for good: no greenlet could end the process
@@ -90,7 +90,7 @@ def test_ctrl_c_is_a_keyboard_interrupt_in_the_main_greenlet_only():
         from gevent import monkey; monkey.patch_all()
         import os, signal, time
         import gevent
-        from locust_milvus import shutdown
+        from locust_milvus.runtime import shutdown
         shutdown.install_sigint_handler()
 
         def busy_user():  # a user mid-call: Python code running when the signal arrives

@@ -35,8 +35,8 @@ def test_bad_counts_are_refused():
 
 def test_plain_commands_do_not_import_locust():
     # Importing Locust monkey-patches the standard library with gevent: plain asyncio and sync gRPC then hang.
-    code = ("import sys, locust_milvus.cli, locust_milvus.tutorial, locust_milvus.server, locust_milvus.store, "
-            "locust_milvus.report.compare, locust_milvus.report.folder; "
+    code = ("import sys, locust_milvus, locust_milvus.cli, locust_milvus.tutorial, locust_milvus.embedded.server, "
+            "locust_milvus.milvus.store, locust_milvus.report.compare, locust_milvus.report.folder; "
             "assert 'locust' not in sys.modules and 'gevent.monkey' not in sys.modules, 'locust imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 from langchain_milvus import Milvus
 
-from locust_milvus import options
-from locust_milvus.data import IdLedger
-from locust_milvus.events import OperationFailed, fire, normalise
-from locust_milvus.operations import TABLE, RunState
-from locust_milvus.options import settings_from
-from locust_milvus.settings import ConfigError
+from locust_milvus.config import options
+from locust_milvus.config.load import settings_from
+from locust_milvus.config.settings import ConfigError
+from locust_milvus.workload.data import IdLedger
+from locust_milvus.workload.operations import TABLE, RunState
+from locust_milvus.workload.request_events import OperationFailed, fire, normalise
 
 from .conftest import LOCUSTFILE, ROOT, make_settings
 
@@ -202,7 +202,7 @@ def test_normalise_masks_ids_and_keeps_one_line():
 def test_normalise_names_the_grpc_status_and_caps_the_kinds(monkeypatch):
     import grpc
 
-    from locust_milvus import events
+    from locust_milvus.workload import request_events as events
 
     class FakeRpcError(grpc.RpcError):
         def __str__(self):

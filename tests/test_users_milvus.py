@@ -12,14 +12,14 @@ import time
 import pytest
 from pymilvus import MilvusClient
 
-from locust_milvus.bridge import get_bridge
-from locust_milvus.data import IdLedger
-from locust_milvus.grpc_gevent import make_grpc_cooperative
-from locust_milvus.operations import TABLE, RunState
-from locust_milvus.options import ConfigError
-from locust_milvus.server import EmbeddedMilvus
-from locust_milvus.store import open_async_store, open_store, prepare_collection
-from locust_milvus.users import AsyncMilvusUser, SyncMilvusUser
+from locust_milvus.config.settings import ConfigError
+from locust_milvus.embedded.server import EmbeddedMilvus
+from locust_milvus.milvus.store import open_async_store, open_store, prepare_collection
+from locust_milvus.runtime.bridge import get_bridge
+from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
+from locust_milvus.workload.data import IdLedger
+from locust_milvus.workload.operations import TABLE, RunState
+from locust_milvus.workload.users import AsyncMilvusUser, SyncMilvusUser
 
 from .conftest import make_settings
 
@@ -165,7 +165,7 @@ def test_every_operation_in_both_modes(shared_state, name, user_class, request_t
 
 
 def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection):
-    from locust_milvus.verify import verify
+    from locust_milvus.milvus.verify import verify
 
     settings = make_settings(milvus.uri, collection, prepopulate=0, batch_size=5, verify=True)
     ledger = IdLedger(track=True)
@@ -201,7 +201,7 @@ def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection)
 def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, collection, user_class):
     import gevent
 
-    from locust_milvus.monitor import monitor
+    from locust_milvus.runtime.monitor import monitor
 
     settings = make_settings(milvus.uri, collection, prepopulate=10, batch_size=5, verify=True)
     ledger = IdLedger(track=True)

@@ -9,9 +9,9 @@ import json
 import time
 from pathlib import Path
 
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import plots
 from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS, ms, write
-from locust_milvus.settings import ConfigError
 
 _HEADERS = ["operation", "side", "requests", "failures", "RPS",
             *(f"{PERCENTILE_LABELS[k]} ms" for k in PERCENTILE_KEYS.values())]

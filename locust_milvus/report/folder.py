@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import compare, plots, summary
-from locust_milvus.settings import ConfigError
 
 
 def report_name(report_name: str | None, config_file: str | None) -> str:

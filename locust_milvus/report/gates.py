@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from locust_milvus.settings import ConfigError
+from locust_milvus.config.settings import ConfigError
 
 # Locust exits 1 when requests failed (--exit-code-on-error), 2 for an unhandled error in a greenlet or event
 # handler, and -1 (255) for some set-up errors; a failed gate is told apart from all of them.

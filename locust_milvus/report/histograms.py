@@ -17,8 +17,8 @@ import time
 
 from hdrh.histogram import HdrHistogram
 
-from locust_milvus import pacing
-from locust_milvus.events import normalise
+from locust_milvus.workload import pacing
+from locust_milvus.workload.request_events import normalise
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # 1 hour

@@ -16,13 +16,11 @@
 from __future__ import annotations
 
 import locust
-from locust import events
 from locust import stats as locust_stats
 from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 
 import csv
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,11 +28,12 @@ from pathlib import Path
 
 import gevent
 
-from locust_milvus.operations import TABLE
+from locust_milvus.config.secrets import redact_uri, scrubber
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import folder as report_folder
 from locust_milvus.report import gates, plots, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
-from locust_milvus.settings import ConfigError
+from locust_milvus.workload.operations import TABLE
 
 logger = logging.getLogger("locust_milvus")
 PAYLOAD_KEY = "locust_milvus_report"
@@ -80,20 +79,12 @@ def parse_gates(options) -> list[gates.Gate]:
     return gates.parse_all({m: str(getattr(options, attr, "") or "") for m, attr in CHECK_OPTIONS.items()}, known)
 
 
-@events.init.add_listener
-def _on_init(environment, runner=None, **_kwargs) -> None:
+def on_init(environment, runner=None) -> None:
+    """Refuse unreadable --check-*, --reports-dir and --milvus-metrics-url before any set-up."""
     global _environment
     _environment = environment
     if isinstance(runner, WorkerRunner):
-        environment.events.request.add_listener(recorder.record)
-        environment.events.report_to_master.add_listener(_on_report_to_master)
         return
-    if isinstance(runner, MasterRunner):
-        environment.events.worker_report.add_listener(_on_worker_report)
-    else:
-        environment.events.request.add_listener(recorder.record)
-    environment.events.reset_stats.add_listener(recorder.reset)  # the web UI's "reset stats"
-    environment.events.reset_stats.add_listener(_restart_scraping)
     plots.prepare_fonts()  # this process draws the charts: now, before any gRPC thread exists (plots.py says why)
     if environment.parsed_options is None:
         return
@@ -103,33 +94,27 @@ def _on_init(environment, runner=None, **_kwargs) -> None:
         server_metrics.check_url(getattr(environment.parsed_options, "milvus_metrics_url", ""))
     except ConfigError as e:
         _fatal(str(e))
-    # Listeners run in the order they were added. Added now, after every module's import-time listeners, this one
-    # runs after lifecycle's test_start has prepared the collection: the baseline scrape then follows the
-    # pre-population inserts (set-up, not load) and precedes the first user's request.
-    environment.events.test_start.add_listener(_start_scraping)
 
 
-def _on_report_to_master(client_id, data: dict, **_kwargs) -> None:
+def on_report_to_master(client_id, data: dict, **_kwargs) -> None:
     data[PAYLOAD_KEY] = recorder.drain()
 
 
-def _on_worker_report(client_id, data: dict, **_kwargs) -> None:
+def on_worker_report(client_id, data: dict, **_kwargs) -> None:
     payload = data.get(PAYLOAD_KEY)
     if payload:
         recorder.merge(payload)
 
 
-@events.spawning_complete.add_listener
-def _on_spawning_complete(**_kwargs) -> None:
+def on_spawning_complete(**_kwargs) -> None:
     # Locust's --reset-stats empties its statistics once all users are running; ours follow, or the counts of
     # the summary and of Locust's CSV would disagree.
     if _environment is not None and _environment.reset_stats:
         recorder.reset()
-        _restart_scraping()
+        restart_scraping()
 
 
-@events.test_start.add_listener
-def _on_test_start(environment, **_kwargs) -> None:
+def on_test_start(environment, **_kwargs) -> None:
     global _test
     if isinstance(environment.runner, WorkerRunner):
         recorder.reset()
@@ -160,8 +145,7 @@ def _on_test_start(environment, **_kwargs) -> None:
     logger.info("locust-milvus: this test's report folder is %s", test.folder)
 
 
-@events.test_stop.add_listener
-def _on_test_stop(environment, **_kwargs) -> None:
+def on_test_stop(environment, **_kwargs) -> None:
     test = _test
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written:
         return
@@ -179,8 +163,7 @@ def _on_test_stop(environment, **_kwargs) -> None:
         _write(environment, test)
 
 
-@events.quitting.add_listener
-def _on_quitting(environment, **_kwargs) -> None:
+def on_quitting(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
     test = _test
@@ -225,7 +208,7 @@ def _write(environment, test: _Test) -> None:
         (logger.info if outcome.passed else logger.error)(outcome.line)
     _gate_failed = _gate_failed or not all(outcome.passed for outcome in outcomes)
     try:
-        scrub = _scrubber(o)
+        scrub = scrubber(o)
         _write_locust_files(environment, test, scrub)
         report_folder.write_run(test.folder, data, scrub)
         logger.info("locust-milvus: report written to %s (summary.html, summary.md, summary.json, %s, %s_*.csv)",
@@ -235,7 +218,7 @@ def _write(environment, test: _Test) -> None:
                      type(e).__name__, e)
 
 
-def _start_scraping(environment, **_kwargs) -> None:
+def start_scraping(environment, **_kwargs) -> None:
     test = _test
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written or test.scraper is not None:
         return
@@ -253,7 +236,7 @@ def _start_scraping(environment, **_kwargs) -> None:
         test.scraper = server_metrics.Scraper(url, getattr(o, "collection", None) or None).start()
 
 
-def _restart_scraping(**_kwargs) -> None:
+def restart_scraping(**_kwargs) -> None:
     # Locust's statistics were reset (--reset-stats once every user runs, or the web UI's button): the server-side
     # figures start again too, so that both sides count the same span.
     test = _test
@@ -286,11 +269,9 @@ def _config(environment) -> dict:
 
 
 def _meta(environment, test: _Test) -> dict:
-    from locust_milvus.store import redact_uri
-
     # Only when the locustfile loaded the health signals (the main one does); importing them here, at the end of a
     # test, would start them in the middle of a run.
-    health = sys.modules.get("locust_milvus.health")
+    health = sys.modules.get("locust_milvus.runtime.health")
 
     runner = environment.runner
     o = environment.parsed_options
@@ -306,18 +287,3 @@ def _meta(environment, test: _Test) -> dict:
         "locust_version": locust.__version__,
         "generator_health": health.report_block(runner) if health else None,  # is the client the bottleneck?
     }
-
-
-def _scrubber(options):
-    """Belt and braces over the redaction of the configuration: the token and the OpenAI key (when set) are
-    replaced in every text file written, wherever they might have crept in (a host name, a collection name)."""
-    # Shorter strings are left alone: replacing "ab" everywhere would mangle the files (and the configuration
-    # shows no token whatever its length).
-    secrets = [s for s in (getattr(options, "milvus_token", ""), os.environ.get("OPENAI_API_KEY", "")) if len(s) >= 6]
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, summary.REDACTED)
-        return text
-
-    return scrub

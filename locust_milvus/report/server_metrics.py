@@ -39,8 +39,9 @@ from urllib.parse import urlsplit
 import gevent
 from prometheus_client.parser import text_string_to_metric_families
 
+from locust_milvus.config.secrets import redact_uri
+from locust_milvus.config.settings import ConfigError
 from locust_milvus.report.histograms import decode, merge_into, new_histogram, percentiles_ms
-from locust_milvus.settings import ConfigError, redact_uri
 
 logger = logging.getLogger("locust_milvus")
 

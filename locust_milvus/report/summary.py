@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from locust_milvus.config.secrets import REDACTED, redact_uri
 from locust_milvus.report import server_metrics
 from locust_milvus.report.histograms import PERCENTILES, Recorder, percentiles_ms
 
@@ -24,9 +25,9 @@ MODES = {"langchain-sync": "sync", "langchain-async": "async"}
 PERCENTILE_KEYS = {p: "p" + f"{p:g}".replace(".", "") for p in PERCENTILES}  # 99.9 -> "p999"
 PERCENTILE_LABELS = {key: "p" + f"{p:g}" for p, key in PERCENTILE_KEYS.items()}  # "p999" -> "p99.9"
 # Option names whose values are secrets: never written, whatever their value (also OPENAI_API_KEY, which is not an
-# option). URIs are written with any user:password part removed (store.redact_uri).
+# option). URIs are written with any user:password part removed (config/secrets.py).
 _SECRET = re.compile(r"token|password|passwd|secret|api_?key|_key$|^key$", re.IGNORECASE)
-REDACTED = "(redacted)"
+
 _NUMBER_LIST = re.compile(r"\[(\s*-?[\d.]+(?:,\s*-?[\d.]+)*\s*)\]")
 
 
@@ -98,8 +99,8 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
 
 def _pacing(recorder: Recorder, config: dict, span_s: float) -> list[dict]:
     """--target-rps: per operation, the target, the starts planned, late (a user still busy) and dropped."""
-    from locust_milvus.operations import TABLE
-    from locust_milvus.pacing import NOT_MET_SHARE, parse_target_rps
+    from locust_milvus.workload.operations import TABLE
+    from locust_milvus.workload.pacing import NOT_MET_SHARE, parse_target_rps
 
     try:
         targets = parse_target_rps(str(config.get("target_rps") or ""), set(TABLE))
@@ -151,7 +152,6 @@ def _timeline(recorder: Recorder) -> dict:
 
 def redacted_config(options: dict) -> dict:
     """The run's options for the record: secrets removed, URIs without credentials."""
-    from locust_milvus.store import redact_uri  # the project's one redaction rule (imports LangChain: lazily)
 
     def clean(key: str, value):
         if _SECRET.search(key):
@@ -266,8 +266,8 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
 
 
 def generator_health_blocks(health: dict | None) -> list[tuple]:
-    """The "Load generator health" section (locust_milvus/health.py): per process that ran users, its CPU and its
-    hub and loop lags, and a warning when the client rather than Milvus was the bottleneck."""
+    """The "Load generator health" section (locust_milvus/runtime/health.py): per process that ran users, its CPU
+    and its hub and loop lags, and a warning when the client rather than Milvus was the bottleneck."""
     if not health:
         return []
     limits = health["limits"]

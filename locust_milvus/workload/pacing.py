@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from locust_milvus.settings import ConfigError
+from locust_milvus.config.settings import ConfigError
 
 logger = logging.getLogger("locust_milvus")
 DROP_AFTER_S = 5.0

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from pymilvus import MilvusClient
 
-from locust_milvus.data import DELETED, PRESENT, UNKNOWN, IdLedger
-from locust_milvus.settings import Settings
-from locust_milvus.store import connection_args
+from locust_milvus.config.settings import Settings
+from locust_milvus.milvus.store import connection_args
+from locust_milvus.workload.data import DELETED, PRESENT, UNKNOWN, IdLedger
 
 VERIFY_EXIT_CODE = 4  # distinct from Locust's 1 (failures) and the gates' 3
 QUERY_BATCH = 1000  # ids per `pk in [...]` query
@@ -53,7 +53,7 @@ class Verdict:
 
 def verify(settings: Settings, ledger: IdLedger) -> Verdict:
     """Query the collection for every id in the ledger (Strong consistency: every acknowledged write is visible)."""
-    from locust_milvus.events import one_line
+    from locust_milvus.workload.request_events import one_line
 
     states = ledger.states
     verdict = Verdict(unknown=sum(1 for s in states.values() if s == UNKNOWN))

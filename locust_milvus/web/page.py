@@ -19,24 +19,22 @@ Locust's own page gets the same comparison and the per-process figures as two ex
 
 from __future__ import annotations
 
-from locust import events
 from locust.runners import STATE_INIT, STATE_STOPPED, WORKER_REPORT_INTERVAL, MasterRunner
 
 import json
 import logging
-import os
 import time
 
 import gevent
 from flask import Blueprint, Response, request
 
-from locust_milvus import health as health_module
-from locust_milvus.events import ASYNC, SYNC
-from locust_milvus.operations import TABLE
-from locust_milvus.progress import progress
+from locust_milvus.config.secrets import REDACTED, redact_uri, scrubber
 from locust_milvus.report.histograms import percentiles_ms
 from locust_milvus.report.listeners import recorder
-from locust_milvus.settings import redact_uri
+from locust_milvus.runtime import health as health_module
+from locust_milvus.runtime.progress import progress
+from locust_milvus.workload.operations import TABLE
+from locust_milvus.workload.request_events import ASYNC, SYNC
 
 logger = logging.getLogger("locust_milvus")
 
@@ -45,7 +43,7 @@ CACHE_S = 0.5  # several open pages share one computation
 MODES = {SYNC: "sync", ASYNC: "async"}
 TAB_COMPARISON = "milvus-sync-async"
 TAB_PROCESSES = "milvus-generator"
-_MASKED = "(redacted)"
+_MASKED = REDACTED
 
 
 def configuration(environment) -> list[list[str]]:
@@ -170,6 +168,11 @@ class RunPage:
         self._cached: tuple[float, str] | None = None
         self.setup_done_s = 0.0  # when the last test's set-up (lifecycle's test_start) ended
 
+    def new_test(self, **_kwargs) -> None:
+        """A test_start listener, after lifecycle's set-up."""
+        self.comparison.reset()
+        self.setup_done_s = time.time()
+
     def setting_up(self) -> bool:
         """A test was started and its set-up still runs: Locust's runner is then still "ready" (or "stopped")."""
         began = progress.began_s
@@ -209,7 +212,7 @@ class RunPage:
     def json_text(self) -> str:
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > CACHE_S:
-            self._cached = (now, scrub(json.dumps(self.state()), self.environment.parsed_options))
+            self._cached = (now, scrubber(self.environment.parsed_options)(json.dumps(self.state())))
         return self._cached[1]
 
     def extended_stats(self) -> list[dict]:
@@ -230,14 +233,6 @@ class RunPage:
         return [{"key": TAB_COMPARISON, "data": comparison}, {"key": TAB_PROCESSES, "data": procs}]
 
 
-def scrub(text: str, options) -> str:
-    """Belt and braces: the token and the OpenAI key never reach the browser, wherever they might have crept in."""
-    secrets = [str(getattr(options, "milvus_token", "") or ""), os.environ.get("OPENAI_API_KEY", "")]
-    for secret in (s for s in secrets if len(s) >= 6):
-        text = text.replace(secret, _MASKED).replace(json.dumps(secret)[1:-1], _MASKED)
-    return text
-
-
 _MODE_COLUMNS = [("count", "requests"), ("rps", "RPS"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
                  ("p99_ms", "p99 ms")]
 EXTENDED_TABS = [{"title": "Milvus: sync vs async", "key": TAB_COMPARISON},
@@ -254,10 +249,8 @@ EXTENDED_TABLES = [
 ]
 
 
-@events.init.add_listener
-def _on_init(environment, web_ui=None, **_kwargs) -> None:
-    if web_ui is None:  # headless, or a worker
-        return
+def install(environment, web_ui) -> RunPage:
+    """Serve the run page and add the tabs to Locust's web UI; returns the page (its ``new_test`` is a listener)."""
     page = RunPage(environment)
     base = getattr(environment.parsed_options, "web_base_path", "") or ""
     blueprint = Blueprint("locust_milvus", __name__, url_prefix=base or None)
@@ -299,13 +292,9 @@ def _on_init(environment, web_ui=None, **_kwargs) -> None:
         {"href": "./milvus/state", "title": "locust-milvus run state (JSON)"},
     ]
 
-    @environment.events.test_start.add_listener  # added at init: runs after lifecycle's set-up
-    def _new_test(**_kw) -> None:
-        page.comparison.reset()
-        page.setup_done_s = time.time()
-
     logger.info("locust-milvus: run page (configuration, set-up, in flight, sync vs async, generator health) at "
                 "%s/milvus on the web UI", base)
+    return page
 
 
 PAGE = """<!doctype html>

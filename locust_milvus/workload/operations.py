@@ -18,12 +18,12 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_milvus import Milvus
 
-from locust_milvus.data import DocSource, IdLedger, number_of
-from locust_milvus.embeddings import embed_pool
-from locust_milvus.events import OperationFailed
-from locust_milvus.recall import GroundTruth
-from locust_milvus.settings import Settings
-from locust_milvus.shield import call_shielded
+from locust_milvus.config.settings import Settings
+from locust_milvus.runtime.shield import call_shielded
+from locust_milvus.workload.data import DocSource, IdLedger, number_of
+from locust_milvus.workload.embeddings import embed_pool
+from locust_milvus.workload.recall import GroundTruth
+from locust_milvus.workload.request_events import OperationFailed
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import time
 import gevent
 
 from locust_milvus import lifecycle
-from locust_milvus.bridge import BridgeClosed, get_bridge
-from locust_milvus.embeddings import embedding_calls
-from locust_milvus.events import ASYNC, SYNC, fire
-from locust_milvus.monitor import monitor
-from locust_milvus.operations import TABLE, Call, Operation, RunState
-from locust_milvus.pacing import Pacer
-from locust_milvus.shield import call_shielded
+from locust_milvus.runtime.bridge import BridgeClosed, get_bridge
+from locust_milvus.runtime.monitor import monitor
+from locust_milvus.runtime.shield import call_shielded
+from locust_milvus.workload.embeddings import embedding_calls
+from locust_milvus.workload.operations import TABLE, Call, Operation, RunState
+from locust_milvus.workload.pacing import Pacer
+from locust_milvus.workload.request_events import ASYNC, SYNC, fire
 
 # A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
 # spin the CPU while adds catch up. It is not a request and is not timed.

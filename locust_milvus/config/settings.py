@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from locust_milvus.config.secrets import redact_uri
 
 
 class ConfigError(ValueError):
@@ -102,31 +104,6 @@ def check_uri(uri: str) -> str:
         raise ConfigError(f"--host {redact_uri(uri)!r} has an invalid port: use a number between 1 and 65535") \
             from None
     return uri.rstrip("/")
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without any user:password part, for logs, reports and the web UI (also for a malformed URI)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit((parts.scheme, "***@" + parts.netloc.rpartition("@")[2], parts.path, parts.query,
-                       parts.fragment))
-
-
-def split_credentials(uri: str) -> tuple[str, str]:
-    """``(uri without user:password, "user:password")``: Milvus takes credentials as a token of that form.
-
-    pymilvus would read them from the URI itself, but then the URI, which Locust shows in its web UI and HTML
-    report and we print in logs, holds the password. Percent-escapes are decoded (a password with "@" or ":"
-    must be written %40, %3A in a URI).
-    """
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri, ""
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    token = unquote(user) + (":" + unquote(password) if password else "")
-    return urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment)), token
 
 
 # Milvus's default proxy.maxNameLength: a longer collection or field name is refused by the server.

@@ -15,7 +15,6 @@ In a distributed run every worker sends its figures (and its set-up progress) to
 
 from __future__ import annotations
 
-from locust import events
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 import logging
@@ -25,10 +24,10 @@ from collections import deque
 
 import gevent
 
-from locust_milvus.bridge import current_bridge
-from locust_milvus.events import ASYNC, SYNC
-from locust_milvus.monitor import monitor
-from locust_milvus.progress import progress
+from locust_milvus.runtime.bridge import current_bridge
+from locust_milvus.runtime.monitor import monitor
+from locust_milvus.runtime.progress import progress
+from locust_milvus.workload.request_events import ASYNC, SYNC
 
 logger = logging.getLogger("locust_milvus")
 
@@ -284,26 +283,17 @@ def report_block(runner) -> dict | None:
     }
 
 
-@events.init.add_listener
-def _on_init(environment, runner=None, **_kwargs) -> None:
-    if isinstance(runner, WorkerRunner):
-        environment.events.report_to_master.add_listener(_on_report_to_master)
-    elif isinstance(runner, MasterRunner):
-        environment.events.worker_report.add_listener(_on_worker_report)
-
-
-def _on_report_to_master(client_id, data: dict, **_kwargs) -> None:
+def on_report_to_master(client_id, data: dict, **_kwargs) -> None:
     data[PAYLOAD_KEY] = process_report()
 
 
-def _on_worker_report(client_id, data: dict, **_kwargs) -> None:
+def on_worker_report(client_id, data: dict, **_kwargs) -> None:
     payload = data.get(PAYLOAD_KEY)
     if payload:
         workers[client_id] = {**payload, "received_s": time.time()}
 
 
-@events.test_start.add_listener
-def _on_test_start(environment, **_kwargs) -> None:
+def on_test_start(environment, **_kwargs) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         workers.clear()  # last test's figures; every worker reports again within a few seconds
@@ -311,7 +301,6 @@ def _on_test_start(environment, **_kwargs) -> None:
     health.start(runner)  # after lifecycle's test_start (imported first): the bridge, if any, exists now
 
 
-@events.test_stop.add_listener
-def _on_test_stop(environment, **_kwargs) -> None:
+def on_test_stop(environment, **_kwargs) -> None:
     if not isinstance(environment.runner, MasterRunner):
         health.stop()

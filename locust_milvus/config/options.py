@@ -2,33 +2,16 @@
 
 Locust turns each option into a ``LOCUST_*`` environment variable, a ``locust.conf`` / ``[tool.locust]`` key
 and a field of the web UI's start form. Options reach workers only when a test starts, so code reads them
-through :func:`settings_from` in ``test_start`` / ``on_start``, never at import or ``init``.
+through :func:`locust_milvus.config.load.settings_from` in ``test_start`` / ``on_start``, never at import or ``init``.
 """
 
 from __future__ import annotations
 
-from locust import events
-
 import argparse
 import logging
-import os
-import re
-import sys
 
-from dotenv import find_dotenv, load_dotenv
-
-from locust_milvus.operations import TABLE
-from locust_milvus.pacing import parse_target_rps
 from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
-from locust_milvus.settings import (
-    MAX_NAME_LENGTH,
-    ConfigError,
-    Settings,
-    check_uri,
-    is_identifier,
-    redact_uri,
-    split_credentials,
-)
+from locust_milvus.workload.operations import TABLE
 
 logger = logging.getLogger("locust_milvus")
 
@@ -95,8 +78,14 @@ def _option(group, *args, in_web_ui: bool = True, **kwargs):
     return action
 
 
-@events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
+    """Locust's ``init_command_line_parser`` listener: every option, by group (plugin.py registers it)."""
+    for declare in (_target_options, _collection_options, _embedding_options, _data_options, _workload_options,
+                    _report_options):
+        declare(parser)
+
+
+def _target_options(parser) -> None:
     target = parser.add_argument_group(
         "locust-milvus: target",
         "Without --host, a real Milvus standalone is started on loopback for the run and stopped at exit.",
@@ -154,6 +143,8 @@ def add_arguments(parser) -> None:
         help="Data directory of the embedded Milvus, kept after the run. Default: a temporary one, removed.",
     )
 
+
+def _collection_options(parser) -> None:
     schema = parser.add_argument_group(
         "locust-milvus: collection",
         "How the test's collection is built, or which existing collection is read.",
@@ -196,6 +187,8 @@ def add_arguments(parser) -> None:
             help=f"Name of the {what} field (default: {default}, LangChain's); for collections made by other tools.",
         )
 
+
+def _embedding_options(parser) -> None:
     embedding = parser.add_argument_group(
         "locust-milvus: embeddings",
         "OPENAI_API_KEY and OPENAI_BASE_URL come from the environment or a .env file (never from the command line).",
@@ -222,6 +215,8 @@ def add_arguments(parser) -> None:
         f"provider, model, dimension and texts (default: {DEFAULT_EMBEDDING_CACHE}; empty: no cache).",
     )
 
+
+def _data_options(parser) -> None:
     data = parser.add_argument_group(
         "locust-milvus: data",
         "Synthetic documents shaped like the tutorials' by default. The file must exist on every worker.",
@@ -242,6 +237,8 @@ def add_arguments(parser) -> None:
         help="Optional column of precomputed vectors (default: vector), used instead of embedding where possible.",
     )
 
+
+def _workload_options(parser) -> None:
     workload = parser.add_argument_group("locust-milvus: workload")
     for name, op in TABLE.items():
         _option(
@@ -292,6 +289,8 @@ def add_arguments(parser) -> None:
             type=_positive_int if minimum else _non_negative_int, default=default, help=help_text,
         )
 
+
+def _report_options(parser) -> None:
     report = parser.add_argument_group(
         "locust-milvus: reports and checks",
         "Every test writes REPORTS_DIR/<timestamp>-<name>/. A --check-* gate that fails makes the exit code "
@@ -336,224 +335,3 @@ def add_arguments(parser) -> None:
         "--check-recall", env_var="LOCUST_CHECK_RECALL", default="",
         help="Minimum mean recall@k of the searches --recall judged, e.g. '0.95' or 'search_by_vector=0.9'.",
     )
-
-
-def _as_int(o, name: str) -> int:
-    # Values typed into the web UI's form may arrive as strings.
-    value = getattr(o, name)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
-
-
-def settings_from(environment, host: str | None = None) -> Settings:
-    """Read and check the options (``host`` overrides the environment's); raises ConfigError with one line."""
-    o = environment.parsed_options
-    host = host or environment.host or getattr(o, "host", None) or ""
-    if not host:
-        raise ConfigError("no Milvus to target: give --host http://HOST:19530, or run without it on the master")
-    weights = {name: _as_int(o, f"{name}_weight") for name in TABLE}
-    if any(w < 0 for w in weights.values()) or not any(weights.values()):
-        shown = ", ".join(f"--{TABLE[n].option}-weight {w}" for n, w in weights.items() if w)
-        raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown or 'all zero'}")
-    counts = {name: _as_int(o, name) for name in WHOLE_NUMBERS}
-    for name, value in counts.items():
-        minimum = WHOLE_NUMBERS[name][0]
-        if value < minimum:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
-    existing = bool(o.existing_collection)
-    if existing:
-        writes = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].writes]
-        if writes:
-            raise ConfigError(f"--existing-collection is read-only, but {' '.join(writes)} > 0: set them to 0")
-    try:
-        timeout = float(o.milvus_timeout)
-    except (TypeError, ValueError):
-        timeout = 0.0
-    if not timeout > 0:
-        raise ConfigError(f"--milvus-timeout must be a number of seconds > 0, got {o.milvus_timeout!r}")
-    name = str(o.collection or "")
-    if not is_identifier(name):
-        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
-        raise ConfigError(
-            f"--collection {shown!r} is not a valid Milvus collection name: use letters, digits and underscores, "
-            f"starting with a letter or underscore, at most {MAX_NAME_LENGTH} characters"
-        )
-    uri, uri_token = split_credentials(check_uri(host))
-    ca_file, server_name = _tls_options(o, uri)
-    return Settings(
-        uri=uri,
-        token=uri_token or o.milvus_token or "",  # the host's own credentials win, as in hide_host_credentials
-        ca_file=ca_file,
-        server_name=server_name,
-        collection=o.collection,
-        drop_collection=bool(o.drop_collection),
-        consistency_level=o.consistency_level,
-        timeout=timeout,
-        retry_rate_limit=bool(o.milvus_retry_rate_limit),
-        weights=weights,
-        filter=str(o.filter or "").strip(),
-        metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
-        **counts,
-        embedding=_embedding_choice(o),
-        index_type=str(o.index_type or "AUTOINDEX").strip().upper(),
-        metric=str(o.metric or "L2").upper(),
-        index_params=_json_object(o, "index_params") or {},
-        search_params=_json_object(o, "search_params"),
-        partition_key_field=str(o.partition_key_field or "").strip(),
-        existing_collection=existing,
-        text_field=_field_name(o, "text_field"),
-        vector_field=_field_name(o, "vector_field"),
-        primary_field=_field_name(o, "primary_field"),
-        dataset=str(o.dataset or "").strip(),
-        dataset_text_column=str(o.dataset_text_column or "text"),
-        dataset_vector_column=str(o.dataset_vector_column or "vector"),
-        openai_model=str(o.openai_model or "text-embedding-3-small"),
-        openai_dimensions=_as_int(o, "openai_dimensions"),
-        embedding_cache=str(o.embedding_cache or "").strip(),
-        verify=bool(o.verify),
-        recall=_share(o, "recall"),
-        seal=bool(getattr(o, "seal", False)),
-        target_rps=parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE)),
-    )
-
-
-def _tls_options(o, uri: str) -> tuple[str, str]:
-    """--milvus-ca-file (checked: readable, PEM) and --milvus-server-name, which only an https URI uses."""
-    ca_file = str(getattr(o, "milvus_ca_file", "") or "").strip()
-    server_name = str(getattr(o, "milvus_server_name", "") or "").strip()
-    if (ca_file or server_name) and not uri.startswith("https://"):
-        flag = "--milvus-ca-file" if ca_file else "--milvus-server-name"
-        raise ConfigError(f"{flag} is for TLS, but --host {redact_uri(uri)!r} is not https://: use an https:// "
-                          "--host (the embedded Milvus has no TLS)")
-    if ca_file:
-        try:
-            with open(os.path.expanduser(ca_file), "rb") as f:
-                pem = f.read()
-        except OSError as e:
-            raise ConfigError(f"--milvus-ca-file {ca_file!r} cannot be read ({e.strerror}): give the path of the "
-                              "CA's PEM file") from None
-        if b"-----BEGIN CERTIFICATE-----" not in pem:
-            raise ConfigError(f"--milvus-ca-file {ca_file!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                              ": give the CA's certificate in PEM form")
-        # Resolved here, on the master: workers (other processes, maybe other directories) read the same path.
-        ca_file = os.path.abspath(os.path.expanduser(ca_file))
-    return ca_file, server_name
-
-
-def _share(o, name: str) -> float:
-    try:
-        value = float(getattr(o, name) or 0.0)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"--{name} must be a share between 0 and 1 (e.g. 0.1 for one search in ten), "
-                          f"got {getattr(o, name)!r}")
-    return value
-
-
-def _json_object(o, name: str) -> dict | None:
-    import json
-
-    text = str(getattr(o, name) or "").strip()
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--{name.replace('_', '-')} is not valid JSON ({e.msg} at column {e.colno}): "
-                          f"use an object such as '{{\"ef\": 64}}'") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"--{name.replace('_', '-')} must be a JSON object such as '{{\"ef\": 64}}'")
-    return value
-
-
-def _field_name(o, name: str) -> str:
-    value = str(getattr(o, name) or "").strip()
-    if not is_identifier(value):
-        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not a valid field name")
-    return value
-
-
-def _embedding_choice(o) -> str:
-    choice = str(o.embedding or "fake")
-    if choice not in ("fake", "openai"):
-        raise ConfigError(f"--embedding must be fake or openai, got {choice!r}")
-    if choice == "openai":
-        from locust_milvus.embeddings import check_openai_key
-
-        check_openai_key()
-    return choice
-
-
-def hide_host_credentials(environment) -> None:
-    """Take a user:password out of the host URI and make it the token.
-
-    Locust shows ``environment.host`` in its web UI and its HTML report, and sends it to workers; a password in it
-    would be shown there. pymilvus takes the same credentials as a ``user:password`` token, which is never shown.
-    The host's credentials win over --milvus-token (as in settings_from), with a warning when they differ.
-    """
-    o = environment.parsed_options
-    host = environment.host or (getattr(o, "host", None) if o is not None else None) or ""
-    bare, token = split_credentials(host)
-    if not token:
-        return
-    environment.host = bare
-    if o is not None:
-        o.host = bare
-        if o.milvus_token and o.milvus_token != token:
-            logger.warning("locust-milvus: --host holds credentials; they replace --milvus-token")
-        o.milvus_token = token
-
-
-@events.init.add_listener
-def _on_init(environment, **_kwargs) -> None:
-    hide_host_credentials(environment)
-
-
-@events.test_start.add_listener
-def _on_test_start(environment, **_kwargs) -> None:
-    hide_host_credentials(environment)  # a host typed into the web UI's form
-
-
-_SECRET_FLAG = "--milvus-token"
-_URI_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
-
-
-def hidden_argv(argv: list[str]) -> list[str] | None:
-    """``argv`` with the --milvus-token value and URI credentials masked, or None when there is nothing to hide."""
-    shown, hide_next = [], False
-    for arg in argv:
-        name, eq, _ = arg.partition("=")
-        if hide_next:
-            shown.append("***")
-        # argparse accepts an unambiguous prefix of an option (--milvus-tok); --milvus-t could be --milvus-timeout
-        elif name.startswith("--milvus-tok") and _SECRET_FLAG.startswith(name):
-            shown.append(f"{name}=***" if eq else arg)
-        else:
-            shown.append(_URI_CREDENTIALS.sub(r"\1***@", arg))
-        hide_next = arg.startswith("--milvus-tok") and _SECRET_FLAG.startswith(arg)
-    return shown if shown != argv else None
-
-
-def _hide_secrets_from_process_title() -> None:
-    # Every user of the host sees a process's command line (ps, /proc/PID/cmdline). Overwrite ours as soon as our
-    # code runs: Locust imports the locustfile before it parses the command line and before --processes forks, so
-    # the workers inherit the masked title. Locust parses sys.argv, which setproctitle does not change.
-    shown = hidden_argv(sys.orig_argv)  # the interpreter's own arguments too (python -m locust ...)
-    if shown is None:
-        return
-    try:
-        from setproctitle import setproctitle
-    except ImportError:  # a dependency; without it, say so rather than fail
-        logger.warning("locust-milvus: setproctitle is missing: the command line (with its secret) stays visible")
-        return
-    setproctitle(" ".join(shown))
-
-
-# LOCUST_MILVUS_TOKEN (any LOCUST_* option) and OPENAI_API_KEY may live in ./.env. Locust parses options from the
-# environment right after importing the locustfile, before any init listener, so the file is read here; variables
-# already set in the environment win.
-load_dotenv(find_dotenv(usecwd=True), override=False)
-_hide_secrets_from_process_title()

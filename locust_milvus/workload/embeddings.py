@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 
-from locust_milvus.progress import progress
-from locust_milvus.settings import ConfigError
+from locust_milvus.config.settings import ConfigError
+from locust_milvus.runtime.progress import progress
 
 logger = logging.getLogger(__name__)
 

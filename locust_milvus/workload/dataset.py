@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from locust_milvus.settings import ConfigError
+from locust_milvus.config.settings import ConfigError
 
 RESERVED = ("pk", "text", "vector")
 SCALARS = (str, int, float, bool)

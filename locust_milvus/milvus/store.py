@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 from langchain_milvus import Milvus
 from pymilvus import DataType, MilvusClient
 
-from locust_milvus.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
-from locust_milvus.embeddings import embedding_for
-from locust_milvus.events import one_line
-from locust_milvus.progress import progress
-from locust_milvus.recall import GroundTruth
-from locust_milvus.settings import ConfigError, Settings, redact_uri
+from locust_milvus.config.secrets import redact_uri
+from locust_milvus.config.settings import ConfigError, Settings
+from locust_milvus.runtime.progress import progress
+from locust_milvus.workload.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
+from locust_milvus.workload.embeddings import embedding_for
+from locust_milvus.workload.recall import GroundTruth
+from locust_milvus.workload.request_events import one_line
 
 logger = logging.getLogger(__name__)
 PREPOPULATE_BATCH = 1000

@@ -16,7 +16,7 @@ import traceback
 
 import gevent
 
-from locust_milvus.events import ASYNC, SYNC
+from locust_milvus.workload.request_events import ASYNC, SYNC
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.01
@@ -34,7 +34,6 @@ class Monitor:
         self.requests = 0
         self.failures = 0
         self.unknown: dict[tuple[str, str], int] = {}  # operations cut off in flight at stop, by (mode, name)
-        self._listening: set[int] = set()
         # Sync calls in flight (greenlet -> [operation, start, reported]), for the stuck-call watchdog: a call far
         # past its deadline has lost its wake-up (gRPC's gevent integration has had such hangs: grpc/grpc#27340,
         # #20931), and its user silently sends nothing, which would make the run's figures quietly thinner.
@@ -77,7 +76,9 @@ class Monitor:
         in its own greenlet, an async one is cancelled on the loop)."""
         self.unknown[(mode, name)] = self.unknown.get((mode, name), 0) + n
 
-    def _count(self, exception=None, **_kwargs) -> None:
+    def count_request(self, exception=None, **_kwargs) -> None:
+        """A request listener: this process's own totals, logged at stop (in a distributed run the master's totals
+        must be the sum of the workers', which the distributed tests check)."""
         self.requests += 1
         if exception is not None:
             self.failures += 1
@@ -85,11 +86,6 @@ class Monitor:
     def start(self, runner, deadline_s: float | None = None) -> None:
         self._runner = runner
         self.stuck_after_s = max(3 * deadline_s, deadline_s + 10) if deadline_s else None
-        # This process's own request count, logged at stop: in a distributed run the master's totals must be the
-        # sum of the workers' (the distributed tests check that).
-        if id(runner.environment) not in self._listening:
-            runner.environment.events.request.add_listener(self._count)
-            self._listening.add(id(runner.environment))
         self.requests = self.failures = self.stuck = 0
         self.unknown = {}
         self.peak = {SYNC: 0, ASYNC: 0}

@@ -1,0 +1,1 @@
+"""Options, the checked Settings built from them, and secrets."""

@@ -1,0 +1,165 @@
+"""Building the run's Settings from Locust's parsed options, once, checking every value.
+
+Options reach workers only when a test starts, so this is called in ``test_start`` (and at ``init`` on the master
+or a local runner, to refuse bad input before any server starts or load begins). A bad value is one
+:class:`ConfigError` line saying what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from locust_milvus.config.options import WHOLE_NUMBERS
+from locust_milvus.config.secrets import redact_uri, split_credentials
+from locust_milvus.config.settings import MAX_NAME_LENGTH, ConfigError, Settings, check_uri, is_identifier
+from locust_milvus.workload.operations import TABLE
+from locust_milvus.workload.pacing import parse_target_rps
+
+
+def _as_int(o, name: str) -> int:
+    # Values typed into the web UI's form may arrive as strings.
+    value = getattr(o, name)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
+
+
+def settings_from(environment, host: str | None = None) -> Settings:
+    """Read and check the options (``host`` overrides the environment's); raises ConfigError with one line."""
+    o = environment.parsed_options
+    host = host or environment.host or getattr(o, "host", None) or ""
+    if not host:
+        raise ConfigError("no Milvus to target: give --host http://HOST:19530, or run without it on the master")
+    weights = {name: _as_int(o, f"{name}_weight") for name in TABLE}
+    if any(w < 0 for w in weights.values()) or not any(weights.values()):
+        shown = ", ".join(f"--{TABLE[n].option}-weight {w}" for n, w in weights.items() if w)
+        raise ConfigError(f"task weights must be >= 0 with at least one > 0, got {shown or 'all zero'}")
+    counts = {name: _as_int(o, name) for name in WHOLE_NUMBERS}
+    for name, value in counts.items():
+        minimum = WHOLE_NUMBERS[name][0]
+        if value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+    existing = bool(o.existing_collection)
+    if existing:
+        writes = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].writes]
+        if writes:
+            raise ConfigError(f"--existing-collection is read-only, but {' '.join(writes)} > 0: set them to 0")
+    try:
+        timeout = float(o.milvus_timeout)
+    except (TypeError, ValueError):
+        timeout = 0.0
+    if not timeout > 0:
+        raise ConfigError(f"--milvus-timeout must be a number of seconds > 0, got {o.milvus_timeout!r}")
+    name = str(o.collection or "")
+    if not is_identifier(name):
+        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+        raise ConfigError(
+            f"--collection {shown!r} is not a valid Milvus collection name: use letters, digits and underscores, "
+            f"starting with a letter or underscore, at most {MAX_NAME_LENGTH} characters"
+        )
+    uri, uri_token = split_credentials(check_uri(host))
+    ca_file, server_name = _tls_options(o, uri)
+    return Settings(
+        uri=uri,
+        token=uri_token or o.milvus_token or "",  # the host's own credentials win, as in hide_host_credentials
+        ca_file=ca_file,
+        server_name=server_name,
+        collection=o.collection,
+        drop_collection=bool(o.drop_collection),
+        consistency_level=o.consistency_level,
+        timeout=timeout,
+        retry_rate_limit=bool(o.milvus_retry_rate_limit),
+        weights=weights,
+        filter=str(o.filter or "").strip(),
+        metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
+        **counts,
+        embedding=_embedding_choice(o),
+        index_type=str(o.index_type or "AUTOINDEX").strip().upper(),
+        metric=str(o.metric or "L2").upper(),
+        index_params=_json_object(o, "index_params") or {},
+        search_params=_json_object(o, "search_params"),
+        partition_key_field=str(o.partition_key_field or "").strip(),
+        existing_collection=existing,
+        text_field=_field_name(o, "text_field"),
+        vector_field=_field_name(o, "vector_field"),
+        primary_field=_field_name(o, "primary_field"),
+        dataset=str(o.dataset or "").strip(),
+        dataset_text_column=str(o.dataset_text_column or "text"),
+        dataset_vector_column=str(o.dataset_vector_column or "vector"),
+        openai_model=str(o.openai_model or "text-embedding-3-small"),
+        openai_dimensions=_as_int(o, "openai_dimensions"),
+        embedding_cache=str(o.embedding_cache or "").strip(),
+        verify=bool(o.verify),
+        recall=_share(o, "recall"),
+        seal=bool(getattr(o, "seal", False)),
+        target_rps=parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE)),
+    )
+
+
+def _tls_options(o, uri: str) -> tuple[str, str]:
+    """--milvus-ca-file (checked: readable, PEM) and --milvus-server-name, which only an https URI uses."""
+    ca_file = str(getattr(o, "milvus_ca_file", "") or "").strip()
+    server_name = str(getattr(o, "milvus_server_name", "") or "").strip()
+    if (ca_file or server_name) and not uri.startswith("https://"):
+        flag = "--milvus-ca-file" if ca_file else "--milvus-server-name"
+        raise ConfigError(f"{flag} is for TLS, but --host {redact_uri(uri)!r} is not https://: use an https:// "
+                          "--host (the embedded Milvus has no TLS)")
+    if ca_file:
+        try:
+            with open(os.path.expanduser(ca_file), "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise ConfigError(f"--milvus-ca-file {ca_file!r} cannot be read ({e.strerror}): give the path of the "
+                              "CA's PEM file") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ConfigError(f"--milvus-ca-file {ca_file!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                              ": give the CA's certificate in PEM form")
+        # Resolved here, on the master: workers (other processes, maybe other directories) read the same path.
+        ca_file = os.path.abspath(os.path.expanduser(ca_file))
+    return ca_file, server_name
+
+
+def _share(o, name: str) -> float:
+    try:
+        value = float(getattr(o, name) or 0.0)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--{name} must be a share between 0 and 1 (e.g. 0.1 for one search in ten), "
+                          f"got {getattr(o, name)!r}")
+    return value
+
+
+def _json_object(o, name: str) -> dict | None:
+    import json
+
+    text = str(getattr(o, name) or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--{name.replace('_', '-')} is not valid JSON ({e.msg} at column {e.colno}): "
+                          f"use an object such as '{{\"ef\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a JSON object such as '{{\"ef\": 64}}'")
+    return value
+
+
+def _field_name(o, name: str) -> str:
+    value = str(getattr(o, name) or "").strip()
+    if not is_identifier(value):
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not a valid field name")
+    return value
+
+
+def _embedding_choice(o) -> str:
+    choice = str(o.embedding or "fake")
+    if choice not in ("fake", "openai"):
+        raise ConfigError(f"--embedding must be fake or openai, got {choice!r}")
+    if choice == "openai":
+        from locust_milvus.workload.embeddings import check_openai_key
+
+        check_openai_key()
+    return choice

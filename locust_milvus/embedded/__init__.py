@@ -1,0 +1,1 @@
+"""The embedded Milvus server (the `milvus` wheel) and its loopback relay."""

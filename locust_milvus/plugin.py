@@ -1,0 +1,91 @@
+"""The one place that wires locust-milvus into Locust: every listener, registered here, in the order it runs.
+
+Importing any other module of the package registers nothing. :func:`install` runs once, when a locustfile imports
+the users (``from locust_milvus import SyncMilvusUser``); it registers the options and an ``init`` listener, and that
+listener registers the rest on the run's own ``environment.events``. Locust calls a listener in the order it was
+added (``quitting`` in reverse).
+
+What happens, in order:
+
+- import: ./.env is read, the process title is masked, the options are declared.
+- init: URI credentials become the token; the report refuses unreadable --check-*/--reports-dir before any
+  set-up; lifecycle makes gRPC cooperative, takes Ctrl-C, starts the embedded Milvus and, headless, prepares the
+  collection; the web UI gets its run page.
+- test_start: the report opens its folder; lifecycle prepares the collection and this process's stores; the
+  health signals start; the server-metrics baseline is scraped after set-up; the run page learns set-up ended.
+- request: the report's recorder and the monitor's per-process totals (processes that run users).
+- test_stopping, test_stop, quitting: the shutdown deadline; the report's final scrape; the monitor's evidence
+  and --verify; the users stopped, the bridge and the embedded Milvus closed; the report written.
+"""
+
+from __future__ import annotations
+
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
+
+from locust_milvus import lifecycle
+from locust_milvus.config import options, secrets
+from locust_milvus.report import listeners as report
+from locust_milvus.runtime import health
+from locust_milvus.runtime.monitor import monitor
+from locust_milvus.web import page
+
+_installed = False
+
+
+def install() -> None:
+    """Register locust-milvus with Locust (once per process)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    # Before Locust parses the command line (it imports the locustfile first, and --processes forks after that, so
+    # workers inherit both).
+    secrets.read_dotenv()
+    secrets.mask_process_title()
+    events.init_command_line_parser.add_listener(options.add_arguments)
+    events.init.add_listener(_on_init)
+
+
+def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
+    ev = environment.events
+    runs_users = not isinstance(runner, MasterRunner)
+    draws_report = not isinstance(runner, WorkerRunner)
+
+    # --- init, in this order ----------------------------------------------------------------------------------
+    secrets.hide_host_credentials(environment)  # before anything shows or sends the host
+    report.on_init(environment, runner)  # refuses bad --check-* / --reports-dir before any server starts
+    lifecycle.on_init(environment, runner)  # gRPC cooperative, Ctrl-C, embedded Milvus, headless set-up
+    run_page = page.install(environment, web_ui) if web_ui is not None else None
+
+    # --- what the report records ------------------------------------------------------------------------------
+    if runs_users:
+        ev.request.add_listener(report.recorder.record)
+        ev.request.add_listener(monitor.count_request)
+    if isinstance(runner, WorkerRunner):
+        ev.report_to_master.add_listener(report.on_report_to_master)
+        ev.report_to_master.add_listener(health.on_report_to_master)
+    if isinstance(runner, MasterRunner):
+        ev.worker_report.add_listener(report.on_worker_report)
+        ev.worker_report.add_listener(health.on_worker_report)
+    if draws_report:
+        ev.reset_stats.add_listener(report.recorder.reset)  # the web UI's "reset stats"
+        ev.reset_stats.add_listener(report.restart_scraping)
+        ev.spawning_complete.add_listener(report.on_spawning_complete)  # --reset-stats
+
+    # --- each test ---------------------------------------------------------------------------------------------
+    ev.test_start.add_listener(report.on_test_start)  # the test's folder and CSV writer
+    ev.test_start.add_listener(secrets.hide_host_credentials_at_test_start)  # a host typed into the web UI's form
+    ev.test_start.add_listener(lifecycle.on_test_start)  # set-up: collection, stores, run state
+    ev.test_start.add_listener(health.on_test_start)  # after set-up: the bridge, if any, exists now
+    ev.test_start.add_listener(report.start_scraping)  # baseline after pre-population, before the first request
+    if run_page is not None:
+        ev.test_start.add_listener(run_page.new_test)
+    ev.test_stopping.add_listener(lifecycle.on_test_stopping)  # a headless run's stop starts the exit deadline
+    ev.test_stop.add_listener(report.on_test_stop)  # final server scrape; written now unless headless
+    ev.test_stop.add_listener(lifecycle.on_test_stop)  # monitor evidence, --verify
+    ev.test_stop.add_listener(health.on_test_stop)
+
+    # --- quitting: Locust fires it in reverse order of registration, so lifecycle's runs first ---------------
+    ev.quitting.add_listener(report.on_quitting)  # second: the report folder and the gates' exit code
+    ev.quitting.add_listener(lifecycle.on_quitting)  # first: deadline, users stopped, bridge and Milvus closed

@@ -1,0 +1,1 @@
+"""What the users do: the users, the operations table, documents, datasets, embeddings, pacing, recall."""
