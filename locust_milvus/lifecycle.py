@@ -22,7 +22,7 @@ import random
 
 import gevent
 
-from locust_milvus.config.load import settings_from
+from locust_milvus.config.load import run_options, settings_from, share_total_users
 from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
@@ -64,18 +64,18 @@ def on_init(environment, runner=None) -> None:
     # is thousands of lines a second, which costs the hub its time (and, with output piped to a full buffer,
     # blocks it). Each failure is already a failed request with its one-line message in Locust's failure table,
     # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
-    loglevel = str(getattr(environment.parsed_options, "loglevel", "") or "").upper()
-    logging.getLogger("pymilvus").setLevel(logging.DEBUG if loglevel == "DEBUG" else logging.CRITICAL)
+    options = run_options(environment)
+    logging.getLogger("pymilvus").setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.CRITICAL)
     # (./.env was read when options.py was imported, before Locust parsed the options.)
-    if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
+    if isinstance(runner, WorkerRunner) or not options.values:
         return
     try:  # bad options (and a malformed --dataset) stop here, before any server starts or load begins
         _source(settings_from(environment, host=environment.host or "http://127.0.0.1:19530"))
     except ConfigError as e:
         _fatal(str(e))
     if not environment.host:
-        _start_embedded(environment)
-    if environment.parsed_options.headless:
+        _start_embedded(environment, options.get("embedded_data") or None)
+    if options.headless:
         global _prepared
         try:
             _prepared = _prepare(settings_from(environment))
@@ -109,9 +109,8 @@ def _prepare(settings) -> IdLedger:
     return ledger
 
 
-def _start_embedded(environment) -> None:
+def _start_embedded(environment, data_dir: str | None) -> None:
     global _server
-    data_dir = environment.parsed_options.embedded_data or None
     _server = EmbeddedMilvus(data_dir=data_dir)
     atexit.register(_stop_embedded)  # also on an error exit that skips Locust's quitting event
     try:
@@ -139,7 +138,7 @@ def embedded_metrics_url() -> str | None:
 def _fail_run(environment, message: str) -> None:
     logger.error("locust-milvus: %s", message)
     runner = environment.runner
-    if environment.parsed_options is not None and environment.parsed_options.headless:
+    if run_options(environment).headless:
         environment.process_exit_code = 1
         gevent.spawn(runner.quit)
     else:
@@ -163,10 +162,10 @@ def on_test_start(environment, **_kwargs) -> None:
         if isinstance(runner, MasterRunner):
             # --target-rps shares the rate among all users of the run; workers know only their own users, so
             # the total travels with the options (a custom attribute, which Locust forwards to workers).
-            environment.parsed_options.locust_milvus_total_users = runner.target_user_count
+            share_total_users(environment, runner.target_user_count)
             return  # the master runs no users
-        total_users = (getattr(environment.parsed_options, "locust_milvus_total_users", 0)
-                       if isinstance(runner, WorkerRunner) else runner.target_user_count)
+        total_users = (run_options(environment).total_users if isinstance(runner, WorkerRunner)
+                       else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = get_bridge().run(open_async_store(settings)) if needs_async else None
         if astore is not None:
@@ -211,8 +210,7 @@ def _close_at_exit(astore) -> None:
 def on_test_stopping(environment, **_kwargs) -> None:
     # A headless run that stops is ending (the --run-time limit): from here it must exit in bounded time.
     # (A stop from the web UI, or a worker told to stop by its master, goes on to wait for the next test.)
-    options = environment.parsed_options
-    if options is not None and options.headless and not isinstance(environment.runner, WorkerRunner):
+    if run_options(environment).headless and not isinstance(environment.runner, WorkerRunner):
         shutdown.arm(environment.stop_timeout, "the end of the test")
 
 

@@ -24,7 +24,8 @@ from locust_milvus.milvus.store import create_schema
 from locust_milvus.workload.data import make_document
 from locust_milvus.workload.embeddings import make_embedding
 
-# Published in shared/seeds/langchain_milvus_async.md (seconds; OpenAI embeddings, remote Milvus, 2025-06-05).
+# Published in Milvus's tutorial "Asynchronous Functions in LangChain Milvus Integration"
+# (https://milvus.io/docs/langchain_milvus_async.md; seconds; OpenAI embeddings, remote Milvus, 2025-06-05).
 PUBLISHED = {
     ("add", 10): (5.36, 1.74), ("add", 100): (65.60, 2.77),
     ("search", 10): (6.07, 2.31), ("search", 100): (54.22, 3.72),

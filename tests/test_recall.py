@@ -73,7 +73,7 @@ def test_recall_is_one_on_flat_under_concurrent_writes_and_drops_on_a_poor_index
               "--prepopulate", "1100", "--recall", "1", "--search-by-vector-weight", "2")
     # Exact index, adds and deletes running meanwhile, Session consistency: every judged search is exact.
     # (Not upserts: on Milvus 2.3.5 a search occasionally misses a document its own client just upserted; the
-    # README reports it.)
+    # docs/limitations.md reports it.)
     flat = run_locust(*common, "--collection", collection, "--index-type", "FLAT", "--add-weight", "2",
                       "--reports-dir", str(tmp_path / "flat"), "--check-recall", "0.999")
     assert flat.returncode == 0, flat.output[-3000:]

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from locust_milvus.config.secrets import redacted_options as redacted_config
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import gates
 from locust_milvus.report.histograms import Recorder, decode, merge_into, new_histogram, percentiles_ms
-from locust_milvus.report.summary import build, redacted_config
+from locust_milvus.report.summary import build
 
 from .conftest import LOCUSTFILE, ROOT, child_env, run_locust
 

@@ -75,19 +75,32 @@ def test_options_are_env_vars_and_in_the_web_ui(monkeypatch):
     assert "milvus_token" not in in_ui  # a masked field would still send its value to the browser
 
 
-def test_every_option_is_documented_in_the_readme():
-    # Locust's --help does not load the locustfile, so the README is where users read about these options.
+def test_every_option_is_documented_once_in_docs_options():
+    # Locust's --help does not load the locustfile, so docs/options.md is where users read about these options:
+    # every option of ours is there, every option its tables name is one the parser knows, each in one row only,
+    # and the README repeats no option table.
+    import re
+
     from locust import argument_parser
 
     parser = argument_parser.get_parser(default_config_files=[])
     ours = [a for a in parser._actions if any(g.title.startswith("locust-milvus") for g in parser._action_groups
                                               if a in g._group_actions)]
     assert len(ours) >= 15
-    readme = (ROOT / "README.md").read_text()
+    doc = (ROOT / "docs" / "options.md").read_text()
     for action in ours:
         flag = action.option_strings[0]
-        assert f"`{flag}" in readme, f"{flag} is not documented in README.md"
-        assert action.env_var in readme, f"{action.env_var} is not documented in README.md"
+        assert f"`{flag}" in doc, f"{flag} is not documented in docs/options.md"
+        assert action.env_var in doc, f"{action.env_var} is not documented in docs/options.md"
+    # The first column of every table row: `--flag`, or several (`--check-p50`, `--check-p90`, ...).
+    first_cells = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `--")]
+    documented = [flag for cell in first_cells for flag in re.findall(r"`(--[a-z0-9-]+)`", cell)]
+    known = {flag for action in parser._actions for flag in action.option_strings}
+    assert len(documented) >= len(ours)
+    assert [flag for flag in documented if flag not in known] == [], "docs/options.md documents unknown options"
+    assert sorted({f for f in documented if documented.count(f) > 1}) == [], "an option has two rows"
+    readme = (ROOT / "README.md").read_text()
+    assert [line for line in readme.splitlines() if line.startswith("| `--")] == [], "README.md has option rows"
 
 
 def test_every_table_entry_is_a_langchain_sync_async_pair():

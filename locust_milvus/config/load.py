@@ -8,9 +8,13 @@ or a local runner, to refuse bad input before any server starts or load begins).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from locust_milvus.config.options import WHOLE_NUMBERS
-from locust_milvus.config.secrets import redact_uri, split_credentials
+from locust_milvus.config.secrets import redact_uri, redacted_options, scrubber_of, split_credentials
 from locust_milvus.config.settings import MAX_NAME_LENGTH, ConfigError, Settings, check_uri, is_identifier
 from locust_milvus.workload.operations import TABLE
 from locust_milvus.workload.pacing import parse_target_rps
@@ -163,3 +167,58 @@ def _embedding_choice(o) -> str:
 
         check_openai_key()
     return choice
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Locust's options and ours that the plugin's parts need besides :class:`Settings` (the report, the web UI,
+    lifecycle), read from Locust's parsed options here, in one place, when asked: at init, and again at each
+    test start (the web UI's form may change them between tests). Only config/ reads ``parsed_options``."""
+
+    values: Mapping[str, Any]  # every option by its attribute name (read-only), for what is only shown
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name, default)
+        return default if value is None else value
+
+    @property
+    def headless(self) -> bool:
+        return bool(self.get("headless", False))
+
+    @property
+    def loglevel(self) -> str:
+        return str(self.get("loglevel", "")).upper()
+
+    @property
+    def checks(self) -> dict[str, str]:
+        """--check-METRIC values by metric name, as typed."""
+        return {key.removeprefix("check_"): str(value or "") for key, value in self.values.items()
+                if key.startswith("check_")}
+
+    @property
+    def total_users(self) -> int:
+        """The run's user count over all workers, which the master sends with the options (share_total_users)."""
+        return int(self.get(_TOTAL_USERS, 0) or 0)
+
+    def scrubber(self) -> Callable[[str], str]:
+        return scrubber_of(self.values.get("milvus_token", ""))
+
+    def redacted(self, host: str | None = None) -> dict:
+        """Every option, for the record: secrets removed, URIs without credentials; ``host`` is the URI in use (the
+        embedded Milvus's is set at init, after parsing)."""
+        return redacted_options({**self.values, **({"host": host} if host else {})})
+
+
+_TOTAL_USERS = "locust_milvus_total_users"
+
+
+def run_options(environment) -> RunOptions:
+    """The run's options as :class:`RunOptions` (empty when Locust parsed none, as in a library run)."""
+    o = environment.parsed_options
+    return RunOptions(MappingProxyType(dict(vars(o)) if o is not None else {}))
+
+
+def share_total_users(environment, total: int) -> None:
+    """On the master: send the run's total user count to the workers with the options (Locust forwards every
+    attribute of the parsed options when a test starts); --target-rps gives each user rate / total."""
+    setattr(environment.parsed_options, _TOTAL_USERS, total)

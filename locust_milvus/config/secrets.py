@@ -84,9 +84,15 @@ def hide_host_credentials_at_test_start(environment, **_kwargs) -> None:
 
 
 def scrubber(options) -> Callable[[str], str]:
-    """A function that replaces the token and the OpenAI key (when set) in a text, also JSON-escaped, wherever
-    they might have crept in (a host name, a collection name): for report files and the web UI's JSON."""
-    values = [str(getattr(options, "milvus_token", "") or ""), os.environ.get("OPENAI_API_KEY", "")]
+    """:func:`scrubber_of` the token in Locust's parsed ``options``."""
+    return scrubber_of(getattr(options, "milvus_token", ""))
+
+
+def scrubber_of(token: str | None) -> Callable[[str], str]:
+    """The one scrubber: a function that replaces the token and the OpenAI key (when set) in a text, also
+    JSON-escaped, wherever they might have crept in (a host name, a collection name), for every report file and
+    the web UI's JSON. Belt and braces over the redaction of the configuration."""
+    values = [str(token or ""), os.environ.get("OPENAI_API_KEY", "")]
     values = [v for v in values if len(v) >= MIN_SECRET_LENGTH]
     pairs = [(v, REDACTED) for v in values] + [(json.dumps(v)[1:-1], REDACTED) for v in values]
 
@@ -96,6 +102,31 @@ def scrubber(options) -> Callable[[str], str]:
         return text
 
     return scrub
+
+
+# Option names whose values are secrets: never written, whatever their value (also OPENAI_API_KEY, which is not an
+# option).
+_SECRET_NAME = re.compile(r"token|password|passwd|secret|api_?key|_key$|^key$", re.IGNORECASE)
+
+
+def redacted_options(options: dict) -> dict:
+    """Options for the record: secrets removed, URIs without credentials."""
+
+    def clean(key: str, value):
+        if _SECRET_NAME.search(key):
+            return REDACTED if value else value
+        if isinstance(value, str) and "://" in value:
+            try:
+                return redact_uri(value)
+            except ValueError:  # not a URI after all (urlsplit refused it): keep nothing that might be one
+                return REDACTED
+        if isinstance(value, (list, tuple)):
+            return [clean(key, v) for v in value]
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return str(value)
+
+    return {key: clean(key, value) for key, value in sorted(options.items())}
 
 
 _SECRET_FLAG = "--milvus-token"

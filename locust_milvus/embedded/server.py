@@ -5,8 +5,9 @@ wheel's ``MilvusServer`` cannot tell a dead child from a slow one (it waits out 
 its child running if the parent is killed, and chdirs the whole process while starting.
 
 The wheel's template pins the embedded etcd's peer port to 2380, so a second server on the host dies at start
-(shared/NOTES.md). We give each server's etcd its own free peer port through etcd.config.path, so several run
-side by side; a failed start (the child exits before it is healthy) is still detected and reported.
+(seen when this project began: the second server's wrapper stayed alive with a defunct child). We give each
+server's etcd its own free peer port through etcd.config.path, so several run side by side; a failed start (the
+child exits before it is healthy) is still detected and reported.
 
 Milvus 2.3.5 binds every interface and cannot be told otherwise, so it runs in a private network namespace and
 clients reach it through a relay on 127.0.0.1 (loopback.py); where Linux namespaces are not available it runs in the
@@ -54,7 +55,7 @@ START_ATTEMPTS = 3
 
 # Started with os.posix_spawn, never fork: our process has gRPC threads running, and gRPC's fork handlers abort a
 # forked child before it can exec (seen here as SIGABRT with "epoll_wait error: Bad file descriptor"; the same
-# family as shared/NOTES.md trap 4). glibc's posix_spawn runs no fork handlers. What it starts is loopback.py, a
+# family as trap 4 in runtime/bridge.py). glibc's posix_spawn runs no fork handlers. What it starts is loopback.py, a
 # standard-library script that gives Milvus a private network namespace reached through a relay on 127.0.0.1 (see
 # there: Milvus 2.3.5 itself binds every interface), asks Linux to SIGKILL it (and so Milvus) when our process dies,
 # so even a SIGKILLed locust leaves no orphan, and starts Milvus in the data directory.

@@ -83,7 +83,7 @@ class Recorder:
     ``record`` is a listener of ``environment.events.request`` and runs on the gevent hub for every request:
     it is kept to a dict lookup, one ``record_value`` and one per-second increment. Measured on this project's
     machine (tests/test_report.py::test_recording_is_cheap prints it): about 1.5 us per request, about 0.2 % of
-    the 650 us of client CPU a search costs (README, "The benchmark").
+    the 650 us of client CPU a search costs (docs/benchmarks.md).
     """
 
     def __init__(self) -> None:

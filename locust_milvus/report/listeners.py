@@ -28,7 +28,8 @@ from pathlib import Path
 
 import gevent
 
-from locust_milvus.config.secrets import redact_uri, scrubber
+from locust_milvus.config.load import RunOptions, run_options
+from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import folder as report_folder
 from locust_milvus.report import gates, plots, server_metrics, summary
@@ -37,7 +38,6 @@ from locust_milvus.workload.operations import TABLE
 
 logger = logging.getLogger("locust_milvus")
 PAYLOAD_KEY = "locust_milvus_report"
-CHECK_OPTIONS = {metric: f"check_{metric}" for metric in gates.METRICS}  # metric -> parsed_options attribute
 # Request names besides the operations': the embedding provider's calls, reported apart (embeddings.py).
 OTHER_REQUEST_NAMES = ("embed_query", "embed_documents")
 # Locust's own files in the folder (its --csv naming under this prefix) and its HTML report.
@@ -61,6 +61,7 @@ class _Test:
     written: bool = False
     workers: int = 0  # on a master, the workers when the test started (they are gone by quitting)
     scraper: server_metrics.Scraper | None = None  # Milvus's own metrics, when scraped
+    options: RunOptions = RunOptions({})  # as they were when the test started
 
 
 _test: _Test | None = None
@@ -73,10 +74,11 @@ def _fatal(message: str) -> None:
     raise SystemExit(1)
 
 
-def parse_gates(options) -> list[gates.Gate]:
+def parse_gates(options: RunOptions) -> list[gates.Gate]:
     """The run's gates; raises ConfigError (one line) for a value that cannot be read."""
     known = set(TABLE) | set(OTHER_REQUEST_NAMES)
-    return gates.parse_all({m: str(getattr(options, attr, "") or "") for m, attr in CHECK_OPTIONS.items()}, known)
+    checks = options.checks
+    return gates.parse_all({metric: checks.get(metric, "") for metric in gates.METRICS}, known)
 
 
 def on_init(environment, runner=None) -> None:
@@ -86,12 +88,13 @@ def on_init(environment, runner=None) -> None:
     if isinstance(runner, WorkerRunner):
         return
     plots.prepare_fonts()  # this process draws the charts: now, before any gRPC thread exists (plots.py says why)
-    if environment.parsed_options is None:
+    o = run_options(environment)
+    if not o.values:
         return
     try:
-        parse_gates(environment.parsed_options)
-        report_folder.check_reports_dir(environment.parsed_options.reports_dir)
-        server_metrics.check_url(getattr(environment.parsed_options, "milvus_metrics_url", ""))
+        parse_gates(o)
+        report_folder.check_reports_dir(o.get("reports_dir", ""))
+        server_metrics.check_url(o.get("milvus_metrics_url", ""))
     except ConfigError as e:
         _fatal(str(e))
 
@@ -122,11 +125,12 @@ def on_test_start(environment, **_kwargs) -> None:
     if _test is not None and not _test.written:  # a web UI test restarted before its folder was written
         _write(environment, _test)
     recorder.reset()
-    o = environment.parsed_options
+    o = run_options(environment)
     try:  # values typed into the web UI's form arrive here
         parse_gates(o)
-        name = report_folder.report_name(getattr(o, "report_name", ""), getattr(o, "config", None))
-        test = _Test(folder=report_folder.new_folder(o.reports_dir, name), name=name, started_s=time.time())
+        name = report_folder.report_name(o.get("report_name", ""), o.get("config"))
+        test = _Test(folder=report_folder.new_folder(o.get("reports_dir", ""), name), name=name, started_s=time.time(),
+                     options=o)
     except ConfigError as e:
         logger.error("locust-milvus: %s", e)
         _test = None
@@ -136,7 +140,7 @@ def on_test_start(environment, **_kwargs) -> None:
     # folder, whatever --csv says (the folder is complete either way).
     test.csv_writer = locust_stats.StatsCSVFileWriter(
         environment, locust_stats.PERCENTILES_TO_REPORT, str(test.folder / CSV_PREFIX),
-        full_history=bool(getattr(o, "stats_history_enabled", False)),
+        full_history=bool(o.get("stats_history_enabled", False)),
     )
     test.csv_greenlet = gevent.spawn(test.csv_writer.stats_writer)
     if isinstance(environment.runner, MasterRunner):
@@ -154,7 +158,7 @@ def on_test_stop(environment, **_kwargs) -> None:
         # Now, before lifecycle's test_stop (--verify queries the collection): users have stopped, and on a master
         # the workers too (Locust fires test_stop once they report no users).
         test.scraper.finish()
-    if environment.parsed_options is not None and environment.parsed_options.headless:
+    if test.options.headless:
         return  # written at quitting, once the workers' final reports are in
     if isinstance(environment.runner, MasterRunner):
         # Workers report every WORKER_REPORT_INTERVAL s; their last requests arrive after test_stop.
@@ -164,7 +168,8 @@ def on_test_stop(environment, **_kwargs) -> None:
 
 
 def on_quitting(environment, **_kwargs) -> None:
-    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+    o = run_options(environment)
+    if isinstance(environment.runner, WorkerRunner) or not o.values:
         return
     test = _test
     if test is not None and not test.written:
@@ -172,7 +177,7 @@ def on_quitting(environment, **_kwargs) -> None:
             test.stopped_s = time.time()
         _write(environment, test)
     try:
-        configured = bool(parse_gates(environment.parsed_options))
+        configured = bool(parse_gates(o))
     except ConfigError:
         configured = True  # refused at test start, and no test was judged
     if configured and test is None:
@@ -191,9 +196,9 @@ def _write(environment, test: _Test) -> None:
     test.written = True
     if test.pending_write is not None and test.pending_write is not gevent.getcurrent():
         test.pending_write.kill(block=False)
-    o = environment.parsed_options
+    o = test.options
     data = summary.build(recorder, name=test.name, started_s=test.started_s,
-                         stopped_s=test.stopped_s or time.time(), config=_config(environment),
+                         stopped_s=test.stopped_s or time.time(), config=o.redacted(environment.host),
                          meta=_meta(environment, test))
     if test.scraper is not None:
         test.scraper.finish()  # a web UI test restarted before it stopped
@@ -208,7 +213,7 @@ def _write(environment, test: _Test) -> None:
         (logger.info if outcome.passed else logger.error)(outcome.line)
     _gate_failed = _gate_failed or not all(outcome.passed for outcome in outcomes)
     try:
-        scrub = scrubber(o)
+        scrub = o.scrubber()
         _write_locust_files(environment, test, scrub)
         report_folder.write_run(test.folder, data, scrub)
         logger.info("locust-milvus: report written to %s (summary.html, summary.md, summary.json, %s, %s_*.csv)",
@@ -222,9 +227,9 @@ def start_scraping(environment, **_kwargs) -> None:
     test = _test
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written or test.scraper is not None:
         return
-    o = environment.parsed_options
+    o = test.options
     try:  # a value typed into the web UI's form arrives here
-        url = server_metrics.check_url(getattr(o, "milvus_metrics_url", ""))
+        url = server_metrics.check_url(o.get("milvus_metrics_url", ""))
     except ConfigError as e:
         logger.error("locust-milvus: %s; no server-side figures for this test", e)
         return
@@ -233,7 +238,7 @@ def start_scraping(environment, **_kwargs) -> None:
 
         url = embedded_metrics_url()
     if url:
-        test.scraper = server_metrics.Scraper(url, getattr(o, "collection", None) or None).start()
+        test.scraper = server_metrics.Scraper(url, o.get("collection") or None).start()
 
 
 def restart_scraping(**_kwargs) -> None:
@@ -261,20 +266,12 @@ def _write_locust_files(environment, test: _Test, scrub) -> None:
                                            encoding="utf-8")
 
 
-def _config(environment) -> dict:
-    options = dict(vars(environment.parsed_options)) if environment.parsed_options is not None else {}
-    if environment.host:  # the embedded Milvus's URI is set at init, after parsing
-        options["host"] = environment.host
-    return summary.redacted_config(options)
-
-
 def _meta(environment, test: _Test) -> dict:
     # Only when the locustfile loaded the health signals (the main one does); importing them here, at the end of a
     # test, would start them in the middle of a run.
     health = sys.modules.get("locust_milvus.runtime.health")
 
     runner = environment.runner
-    o = environment.parsed_options
     if isinstance(runner, MasterRunner):
         kind = f"master with {test.workers} workers"
     else:
@@ -283,7 +280,7 @@ def _meta(environment, test: _Test) -> dict:
         "host": redact_uri(environment.host) if environment.host else None,
         "runner": kind,
         "user_classes": sorted(cls.__name__ for cls in environment.user_classes),
-        "users": getattr(o, "num_users", None),
+        "users": test.options.get("num_users"),
         "locust_version": locust.__version__,
         "generator_health": health.report_block(runner) if health else None,  # is the client the bottleneck?
     }

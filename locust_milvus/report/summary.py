@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from locust_milvus.config.secrets import REDACTED, redact_uri
+from locust_milvus.config.secrets import REDACTED
 from locust_milvus.report import server_metrics
 from locust_milvus.report.histograms import PERCENTILES, Recorder, percentiles_ms
 
@@ -24,9 +24,6 @@ SCHEMA = 1
 MODES = {"langchain-sync": "sync", "langchain-async": "async"}
 PERCENTILE_KEYS = {p: "p" + f"{p:g}".replace(".", "") for p in PERCENTILES}  # 99.9 -> "p999"
 PERCENTILE_LABELS = {key: "p" + f"{p:g}" for p, key in PERCENTILE_KEYS.items()}  # "p999" -> "p99.9"
-# Option names whose values are secrets: never written, whatever their value (also OPENAI_API_KEY, which is not an
-# option). URIs are written with any user:password part removed (config/secrets.py).
-_SECRET = re.compile(r"token|password|passwd|secret|api_?key|_key$|^key$", re.IGNORECASE)
 
 _NUMBER_LIST = re.compile(r"\[(\s*-?[\d.]+(?:,\s*-?[\d.]+)*\s*)\]")
 
@@ -148,26 +145,6 @@ def _timeline(recorder: Recorder) -> dict:
                     item["recall"][sec - t0] = total / judged
         out.append(item)
     return {"t0": t0, "series": out}
-
-
-def redacted_config(options: dict) -> dict:
-    """The run's options for the record: secrets removed, URIs without credentials."""
-
-    def clean(key: str, value):
-        if _SECRET.search(key):
-            return REDACTED if value else value
-        if isinstance(value, str) and "://" in value:
-            try:
-                return redact_uri(value)
-            except ValueError:  # not a URI after all (urlsplit refused it): keep nothing that might be one
-                return REDACTED
-        if isinstance(value, (list, tuple)):
-            return [clean(key, v) for v in value]
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            return value
-        return str(value)
-
-    return {key: clean(key, value) for key, value in sorted(options.items())}
 
 
 # --- rendering: one list of blocks, two formats --------------------------------------------------------------------

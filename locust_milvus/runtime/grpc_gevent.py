@@ -2,7 +2,7 @@
 
 Locust monkey-patches the standard library with gevent, but gRPC's C core does its own blocking I/O. Without
 ``grpc.experimental.gevent.init_gevent()`` every sync Milvus call blocks the whole worker process: 20 users then
-run one call at a time and Locust reports a 2 ms latency that is false (shared/NOTES.md measured 489 req/s
+run one call at a time and Locust reports a 2 ms latency that is false (measured here: 489 req/s
 serialised against about 1,080 req/s cooperative). Locust's own contrib/milvus.py does the same at import; we do
 it at ``init`` so that nothing gRPC-shaped exists before ``locust --processes`` forks.
 """

@@ -28,7 +28,8 @@ import time
 import gevent
 from flask import Blueprint, Response, request
 
-from locust_milvus.config.secrets import REDACTED, redact_uri, scrubber
+from locust_milvus.config.load import run_options
+from locust_milvus.config.secrets import REDACTED, redact_uri
 from locust_milvus.report.histograms import percentiles_ms
 from locust_milvus.report.listeners import recorder
 from locust_milvus.runtime import health as health_module
@@ -49,12 +50,12 @@ _MASKED = REDACTED
 def configuration(environment) -> list[list[str]]:
     """The run's configuration as [label, value] rows; options are read one by one, so a secret can only appear
     if it is also, say, the collection's name (``state`` scrubs those too)."""
-    o = environment.parsed_options
-    if o is None:
+    o = run_options(environment)
+    if not o.values:
         return []
 
     def opt(name: str, default=""):
-        return getattr(o, name, default)
+        return o.values.get(name, default)
 
     embedding = str(opt("embedding", "fake"))
     if embedding == "openai":
@@ -212,7 +213,7 @@ class RunPage:
     def json_text(self) -> str:
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > CACHE_S:
-            self._cached = (now, scrubber(self.environment.parsed_options)(json.dumps(self.state())))
+            self._cached = (now, run_options(self.environment).scrubber()(json.dumps(self.state())))
         return self._cached[1]
 
     def extended_stats(self) -> list[dict]:
@@ -252,7 +253,7 @@ EXTENDED_TABLES = [
 def install(environment, web_ui) -> RunPage:
     """Serve the run page and add the tabs to Locust's web UI; returns the page (its ``new_test`` is a listener)."""
     page = RunPage(environment)
-    base = getattr(environment.parsed_options, "web_base_path", "") or ""
+    base = run_options(environment).get("web_base_path", "")
     blueprint = Blueprint("locust_milvus", __name__, url_prefix=base or None)
 
     @blueprint.route("/milvus")
