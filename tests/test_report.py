@@ -327,7 +327,7 @@ def test_worker_recordings_merge_into_the_masters():
         workers[i % 2].record("langchain-sync", "search", 1.0 + i / 1000, None)
     workers[0].record("langchain-async", "add", 3.25, RuntimeError("timeout at 0x7f3a9c2b"))
     workers[1].record("langchain-async", "add", 2.5, RuntimeError("timeout at 0x1234abcd"))
-    master = Recorder()
+    master = Recorder(modes={"langchain-async": "async"})  # the workload names the modes (request_events.py)
     for w in workers:
         master.merge(json.loads(json.dumps(w.drain())))  # what travels is plain data
         assert not w.series  # drained: the next report carries only new requests

@@ -79,9 +79,9 @@ def test_every_option_is_documented_once_in_docs_options():
     # Locust's --help does not load the locustfile, so docs/options.md is where users read about these options:
     # every option of ours is there, every option its tables name is one the parser knows, each in one row only,
     # and the README repeats no option table.
-    import re
-
     from locust import argument_parser
+
+    import re
 
     parser = argument_parser.get_parser(default_config_files=[])
     ours = [a for a in parser._actions if any(g.title.startswith("locust-milvus") for g in parser._action_groups

@@ -35,6 +35,7 @@ from locust_milvus.report import folder as report_folder
 from locust_milvus.report import gates, plots, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.workload.operations import TABLE
+from locust_milvus.workload.request_events import MODE_NAMES
 
 logger = logging.getLogger("locust_milvus")
 PAYLOAD_KEY = "locust_milvus_report"
@@ -44,7 +45,7 @@ OTHER_REQUEST_NAMES = ("embed_query", "embed_documents")
 CSV_PREFIX = "locust"
 LOCUST_HTML = "report.html"
 
-recorder = Recorder()
+recorder = Recorder(modes=MODE_NAMES)
 
 
 @dataclass
@@ -238,7 +239,8 @@ def start_scraping(environment, **_kwargs) -> None:
 
         url = embedded_metrics_url()
     if url:
-        test.scraper = server_metrics.Scraper(url, o.get("collection") or None).start()
+        calls = {name: op.milvus_call for name, op in TABLE.items()}
+        test.scraper = server_metrics.Scraper(url, o.get("collection") or None, calls).start()
 
 
 def restart_scraping(**_kwargs) -> None:

@@ -33,46 +33,30 @@ import math
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import gevent
-from prometheus_client.parser import text_string_to_metric_families
 
 from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report.histograms import decode, merge_into, new_histogram, percentiles_ms
+from locust_milvus.report.prometheus import (
+    ALL_NAMES,
+    MILVUS_CALLS,
+    SOURCES,
+    Histogram,
+    Increase,
+    bucket_bounds,
+    bucket_quantile,
+    parse,
+)
 
 logger = logging.getLogger("locust_milvus")
 
 SCRAPE_INTERVAL_S = 5.0
-PARSE_CHUNK_LINES = 42  # two histogram series
 SCRAPE_TIMEOUT_S = 2.0  # the whole scrape, connection to last byte; a slower endpoint counts as a failed scrape
-COLLECTION_LABEL = "collection_name"
-# The histograms per label, preferred first: the 2.4+ name (which carries the collection), then 2.3's per-collection
-# twin. The first one that carries the collection label is used; without any, the first one exported, server-wide.
-SOURCES = {
-    "query_type": ("milvus_proxy_sq_latency", "milvus_proxy_collection_sq_latency"),
-    "msg_type": ("milvus_proxy_mutation_latency", "milvus_proxy_collection_mutation_latency"),
-}
-# Milvus's operations (as the proxy labels them) -> the label naming them, and the client operations that make
-# exactly one such call each and nothing else of note (LangChain's adds also ask has_collection). The MMR searches
-# make a search and a query each, and from_texts writes into a scratch collection: they are in no row.
-OPERATIONS = {
-    "search": ("query_type", ("search", "search_by_vector", "search_with_score", "search_with_score_by_vector")),
-    "query": ("query_type", ("search_by_metadata", "get_pks")),
-    "insert": ("msg_type", ("add", "add_texts", "add_embeddings")),
-    "delete": ("msg_type", ("delete",)),
-    "upsert": ("msg_type", ("upsert",)),
-}
-NOT_COMPARED = ("mmr", "mmr_by_vector", "from_texts")
 QUANTILES = (0.5, 0.95, 0.99)
-_ALL_NAMES = tuple(name for names in SOURCES.values() for name in names)
-START_METRIC = "process_start_time_seconds"  # client_golang's process collector, which Milvus registers
-_START_LINE = f"{START_METRIC} "
-_LINE_PREFIXES = tuple(f"{name}{suffix}" for name in _ALL_NAMES for suffix in ("_bucket", "_sum", "_count"))
 
-Labels = tuple[tuple[str, str], ...]
 
 
 def check_url(url: str) -> str:
@@ -87,207 +71,6 @@ def check_url(url: str) -> str:
     return url
 
 
-# --- one scrape --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Histogram:
-    """One Prometheus histogram series: cumulative counts per upper bound (ascending, +Inf last), sum and count."""
-
-    bounds: tuple[float, ...]
-    cumulative: tuple[float, ...]
-    sum: float
-    count: float
-
-    def minus(self, earlier: Histogram) -> Histogram:
-        return Histogram(self.bounds, tuple(a - b for a, b in zip(self.cumulative, earlier.cumulative, strict=True)),
-                         self.sum - earlier.sum, self.count - earlier.count)
-
-    def plus(self, other: Histogram) -> Histogram:
-        return Histogram(self.bounds, tuple(a + b for a, b in zip(self.cumulative, other.cumulative, strict=True)),
-                         self.sum + other.sum, self.count + other.count)
-
-
-@dataclass
-class Scrape:
-    series: dict[tuple[str, Labels], Histogram]  # (metric name, labels without le) -> histogram
-    labelled: set[str]  # metric names whose series carry the collection label (any collection)
-    started_s: float | None = None  # the Milvus process's start (process_start_time_seconds): a change is a restart
-
-
-def pick_lines(text: str, collection: str | None) -> tuple[dict[str, list[str]], set[str]]:
-    """The lines prometheus_client needs to parse, by metric: per label, those of one histogram (the first that
-    carries the collection label, else the first exported), of this collection only, and the process's start time;
-    and the names that carry the label (whatever the collection)."""
-    ours = f'{COLLECTION_LABEL}="{collection}"' if collection else None
-    lines: dict[str, list[str]] = {}
-    labelled: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith(_START_LINE):
-            lines[START_METRIC] = [line]
-        elif line.startswith(_LINE_PREFIXES):
-            name = line.partition("{")[0].partition(" ")[0].rsplit("_", 1)[0]  # less its _bucket, _sum or _count
-            if f'{COLLECTION_LABEL}="' in line:
-                labelled.add(name)
-                if ours is not None and ours not in line:
-                    continue
-            lines.setdefault(name, []).append(line)
-    chosen = [name for name in (choose(label, labelled, set(lines))[0] for label in SOURCES) if name is not None]
-    if START_METRIC in lines:
-        chosen.append(START_METRIC)
-    return {name: lines.get(name, []) for name in chosen}, labelled
-
-
-def choose(label: str, labelled: set[str], present: set[str]) -> tuple[str | None, bool]:
-    """The histogram read for a label's operations, and whether it is the collection's alone."""
-    for name in SOURCES[label]:
-        if name in labelled:
-            return name, True
-    for name in SOURCES[label]:
-        if name in present:
-            return name, False
-    return None, False
-
-
-def parse(text: str, collection: str | None = None, pause: Callable[[], object] = lambda: None) -> Scrape:
-    """The histograms we read from one page of Prometheus text; raises ValueError when it is not Prometheus text or
-    not a Milvus's (neither the histograms nor the process's start time: an HTML page, another exporter).
-
-    prometheus_client's parser takes about 20 us a line here (a histogram series is 21 lines), so the lines go to it
-    in chunks with ``pause()`` between them: the scraper passes ``gevent.sleep(0)``, which lets the users' greenlets
-    run instead of waiting out the whole parse.
-    """
-    picked, labelled = pick_lines(text, collection)
-    if not picked:
-        raise ValueError(f"not Milvus's metrics: none of {', '.join((*_ALL_NAMES, START_METRIC))} in the answer")
-    series: dict[tuple[str, Labels], dict] = {}
-    started_s = None
-    chunks = [(name, lines[i:i + PARSE_CHUNK_LINES]) for name, lines in picked.items()
-              for i in range(0, len(lines), PARSE_CHUNK_LINES)]
-    samples = []
-    for name, chunk in chunks:
-        pause()
-        kind = "gauge" if name == START_METRIC else "histogram"
-        for family in text_string_to_metric_families("\n".join([f"# TYPE {name} {kind}", *chunk, ""])):
-            samples += [(family.name, sample) for sample in family.samples]
-    for family_name, sample in samples:
-        if family_name == START_METRIC:
-            started_s = sample.value
-            continue
-        labels = {k: v for k, v in sample.labels.items() if k != "le"}
-        entry = series.setdefault((family_name, tuple(sorted(labels.items()))),
-                                  {"buckets": {}, "sum": 0.0, "count": 0.0})
-        if sample.name.endswith("_bucket"):
-            entry["buckets"][float(sample.labels["le"])] = sample.value
-        elif sample.name.endswith("_sum"):
-            entry["sum"] = sample.value
-        elif sample.name.endswith("_count"):
-            entry["count"] = sample.value
-    out = {}
-    for key, entry in series.items():
-        bounds = tuple(sorted(entry["buckets"]))
-        if bounds:
-            out[key] = Histogram(bounds, tuple(entry["buckets"][b] for b in bounds), entry["sum"], entry["count"])
-    return Scrape(out, labelled, started_s)
-
-
-# --- increases over the test ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Increase:
-    """What each series gained from the first scrape to the latest, scrape by scrape (a counter that went down was
-    reset by a restart: its new value is all gain)."""
-
-    totals: dict[tuple[str, Labels], Histogram] = field(default_factory=dict)
-    labelled: set[str] = field(default_factory=set)
-    present: set[str] = field(default_factory=set)
-    first_s: float | None = None
-    last_s: float | None = None
-    _previous: Scrape | None = None
-
-    def add(self, scrape: Scrape, at_s: float) -> None:
-        self.labelled |= scrape.labelled
-        self.present |= {name for name, _ in scrape.series}
-        if self._previous is None:  # the baseline
-            self.first_s = at_s
-        else:
-            # A restarted Milvus starts its counters from 0: all they hold is gain. (A counter that went down says
-            # the same when the start time is not exported.)
-            restarted = None not in (scrape.started_s, self._previous.started_s) \
-                and scrape.started_s != self._previous.started_s
-            for key, now in scrape.series.items():
-                before = None if restarted else self._previous.series.get(key)
-                # A series first seen after the baseline was made during the test (client_golang creates a series on
-                # its first observation): all of it is gain too.
-                gain = now if before is None or before.bounds != now.bounds or now.count < before.count \
-                    else now.minus(before)
-                total = self.totals.get(key)
-                self.totals[key] = gain if total is None or total.bounds != gain.bounds else total.plus(gain)
-        self._previous = scrape
-        self.last_s = at_s
-
-    @property
-    def window_s(self) -> float:
-        return (self.last_s - self.first_s) if self.first_s is not None and self.last_s is not None else 0.0
-
-    def source(self, label: str) -> tuple[str | None, bool]:
-        """The histogram used for a label's operations, and whether it is this collection's alone."""
-        return choose(label, self.labelled, self.present)
-
-    def histogram(self, operation: str) -> Histogram | None:
-        """The operation's gain over the test, summed over its series (nodes, databases), or None if never seen."""
-        label, _ = OPERATIONS[operation]
-        name, _ = self.source(label)
-        total = None
-        for (metric, labels), gain in self.totals.items():
-            if metric == name and (label, operation) in labels:
-                total = gain if total is None else total.plus(gain)
-        return total
-
-    def node_ids(self) -> list[str]:
-        return sorted({v for (_, labels) in self.totals for k, v in labels if k == "node_id"})
-
-
-def _rank_bucket(q: float, h: Histogram) -> tuple[int, float] | None:
-    """The index of the bucket that holds the q-quantile's rank, and the rank; None for an empty histogram."""
-    total = h.cumulative[-1] if h.cumulative else 0.0  # the +Inf bucket counts every observation
-    if total <= 0:
-        return None
-    rank = q * total
-    return next(i for i, cumulative in enumerate(h.cumulative) if cumulative >= rank), rank
-
-
-def bucket_bounds(q: float, h: Histogram) -> tuple[float, float] | None:
-    """The bounds of the bucket that holds the q-quantile: all the histogram knows of it (the report shows them)."""
-    found = _rank_bucket(q, h)
-    if found is None:
-        return None
-    i = found[0]
-    return (h.bounds[i - 1] if i > 0 else 0.0), h.bounds[i]
-
-
-def bucket_quantile(q: float, h: Histogram) -> float | None:
-    """The q-quantile the way Prometheus's histogram_quantile estimates it: linear within the bucket that holds the
-    rank, the lower bound of the first bucket being 0; in the +Inf bucket, the highest finite bound."""
-    found = _rank_bucket(q, h)
-    if found is None:
-        return None
-    i, rank = found
-    bound, cumulative = h.bounds[i], h.cumulative[i]
-    if math.isinf(bound):
-        return h.bounds[-2] if len(h.bounds) > 1 else None
-    if i == 0 and bound <= 0:
-        return bound
-    lower = h.bounds[i - 1] if i > 0 else 0.0
-    below = h.cumulative[i - 1] if i > 0 else 0.0
-    in_bucket = cumulative - below
-    return lower + (bound - lower) * ((rank - below) / in_bucket if in_bucket > 0 else 0.0)
-
-
-# --- the scraper ---------------------------------------------------------------------------------------------------
-
-
 def fetch(url: str, timeout_s: float) -> str:
     # urllib's timeout bounds each socket operation; gevent's Timeout bounds the whole scrape (a slow trickle too).
     with gevent.Timeout(timeout_s, TimeoutError(f"no complete answer in {timeout_s:g} s")):
@@ -300,10 +83,15 @@ class Scraper:
     begin before it) and starts the periodic greenlet; ``finish`` takes the last scrape; both only wait on the
     network, cooperatively. A failed scrape is counted and the first one logged, never raised."""
 
-    def __init__(self, url: str, collection: str | None, interval_s: float = SCRAPE_INTERVAL_S,
-                 timeout_s: float = SCRAPE_TIMEOUT_S, fetch: Callable[[str, float], str] = fetch) -> None:
+    def __init__(self, url: str, collection: str | None, calls: dict[str, str | None],
+                 interval_s: float = SCRAPE_INTERVAL_S, timeout_s: float = SCRAPE_TIMEOUT_S,
+                 fetch: Callable[[str, float], str] = fetch) -> None:
+        unknown = {call for call in calls.values() if call is not None} - set(MILVUS_CALLS)
+        if unknown:
+            raise ValueError(f"not Milvus calls the proxy reports: {sorted(unknown)}")
         self.url = url
         self.collection = collection
+        self.calls = calls
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self._fetch = fetch
@@ -367,7 +155,8 @@ class Scraper:
         inc = self.increase
         sources = {label: inc.source(label) for label in SOURCES}
         operations = []
-        for operation, (label, client_names) in OPERATIONS.items():
+        for operation, label in MILVUS_CALLS.items():
+            client_names = tuple(name for name, call in self.calls.items() if call == operation)
             if sources[label][0] is None:  # this endpoint does not export the histogram at all
                 continue
             h = inc.histogram(operation)
@@ -388,7 +177,8 @@ class Scraper:
             "collection": self.collection if any(own for _, own in sources.values()) else None,
             "metrics": {label: name for label, (name, _) in sources.items()},
             "node_ids": inc.node_ids(),
-            "not_compared": [r["name"] for r in rows if r["name"] in NOT_COMPARED and r["count"]],
+            "not_compared": [r["name"] for r in rows
+                             if r["name"] in self.calls and self.calls[r["name"]] is None and r["count"]],
             "operations": operations,
         }
 
@@ -471,7 +261,7 @@ def blocks(section: dict) -> list[tuple]:
         return out + [("p", f"No server-side figures: {section['successful_scrapes']} of {section['scrapes']} scrapes "
                             f"of {where} succeeded, and two are needed (first error: {section['first_error']}).")]
     if not section["operations"]:
-        return out + [("p", f"No server-side figures: {where} exports none of {', '.join(_ALL_NAMES)}. Is it "
+        return out + [("p", f"No server-side figures: {where} exports none of {', '.join(ALL_NAMES)}. Is it "
                             "Milvus's metrics endpoint (port 9091, path /metrics)?")]
     scope = (f"collection {section['collection']!r} alone" if section["collection"]
              else "the whole server (this Milvus labels no latency histogram with its collection)")

@@ -21,15 +21,10 @@ from locust_milvus.report import server_metrics
 from locust_milvus.report.histograms import PERCENTILES, Recorder, percentiles_ms
 
 SCHEMA = 1
-MODES = {"langchain-sync": "sync", "langchain-async": "async"}
 PERCENTILE_KEYS = {p: "p" + f"{p:g}".replace(".", "") for p in PERCENTILES}  # 99.9 -> "p999"
 PERCENTILE_LABELS = {key: "p" + f"{p:g}" for p, key in PERCENTILE_KEYS.items()}  # "p999" -> "p99.9"
 
 _NUMBER_LIST = re.compile(r"\[(\s*-?[\d.]+(?:,\s*-?[\d.]+)*\s*)\]")
-
-
-def mode_of(request_type: str) -> str:
-    return MODES.get(request_type, request_type)
 
 
 def iso(epoch_s: float | None) -> str | None:
@@ -44,6 +39,7 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
     span_s = (last - first) if first is not None and last > first else max(stopped_s - started_s, 0.0)
     rows = []
     order = {"sync": 0, "async": 1}
+    mode_of = recorder.mode_of
     for (request_type, op), series in sorted(recorder.series.items(),
                                              key=lambda kv: (kv[0][1], order.get(mode_of(kv[0][0]), 2), kv[0][0])):
         failures = sum(series.failed.values())
@@ -52,7 +48,7 @@ def build(recorder: Recorder, *, name: str, started_s: float, stopped_s: float, 
         timed = h.get_total_count()
         row = {
             "name": op,
-            "mode": mode_of(request_type),
+            "mode": recorder.mode_of(request_type),
             "request_type": request_type,
             "count": count,
             "failures": failures,
@@ -118,7 +114,7 @@ def _failure_table(recorder: Recorder) -> list[dict]:
         table.append({
             "error": error,
             "count": sum(by_op.values()),
-            "operations": [{"name": n, "mode": mode_of(t), "count": c}
+            "operations": [{"name": n, "mode": recorder.mode_of(t), "count": c}
                            for (t, n), c in sorted(by_op.items(), key=lambda kv: -kv[1])],
         })
     return sorted(table, key=lambda e: -e["count"])
@@ -137,7 +133,7 @@ def _timeline(recorder: Recorder) -> dict:
             ok[sec - t0] = c
         for sec, c in series.failed.items():
             failed[sec - t0] = c
-        item = {"name": op, "mode": mode_of(request_type), "ok": ok, "failed": failed}
+        item = {"name": op, "mode": recorder.mode_of(request_type), "ok": ok, "failed": failed}
         if series.recall:  # mean recall@k per second (None: no search judged in that second)
             item["recall"] = [None] * n
             for sec, (total, judged, _low) in series.recall.items():

@@ -24,6 +24,7 @@ from locust.runners import STATE_INIT, STATE_STOPPED, WORKER_REPORT_INTERVAL, Ma
 import json
 import logging
 import time
+from pathlib import Path
 
 import gevent
 from flask import Blueprint, Response, request
@@ -35,13 +36,13 @@ from locust_milvus.report.listeners import recorder
 from locust_milvus.runtime import health as health_module
 from locust_milvus.runtime.progress import progress
 from locust_milvus.workload.operations import TABLE
-from locust_milvus.workload.request_events import ASYNC, SYNC
+from locust_milvus.workload.request_events import MODE_NAMES
 
 logger = logging.getLogger("locust_milvus")
 
 RATE_WINDOW_S = 10
 CACHE_S = 0.5  # several open pages share one computation
-MODES = {SYNC: "sync", ASYNC: "async"}
+MODES = MODE_NAMES
 TAB_COMPARISON = "milvus-sync-async"
 TAB_PROCESSES = "milvus-generator"
 _MASKED = REDACTED
@@ -298,110 +299,5 @@ def install(environment, web_ui) -> RunPage:
     return page
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>locust-milvus</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px;color:#222}
-h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .4em}
-table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 8px}th{background:#f3f3f3}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-.big{font-size:2em;font-variant-numeric:tabular-nums;margin-right:1.5em}
-#warnings{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em;margin:1em 0}
-#warnings:empty{display:none}.over{background:#f8d7da}.muted{color:#666;font-size:.9em}
-</style></head><body>
-<h1>locust-milvus</h1>
-<div>state <b id="state">?</b> &middot; <span id="runner"></span> &middot; <span id="users"></span> users
- &middot; updated <span id="updated">never</span> &middot; <a href="./">Locust's page</a></div>
-<div id="warnings"></div>
-<h2>Operations in flight</h2>
-<div><span class="big">sync <b id="in-flight-sync">0</b></span>
-<span class="big">async <b id="in-flight-async">0</b></span>
-<span class="muted" id="in-flight-note"></span></div>
-<h2>Load generator, per process</h2>
-<p class="muted" id="limits"></p>
-<table id="processes"><thead><tr><th>process</th><th>CPU %</th><th>hub lag ms</th><th>loop lag ms</th>
-<th>in flight sync</th><th>in flight async</th><th>peak sync</th><th>peak async</th><th>over a limit</th>
-<th>report age s</th></tr></thead><tbody></tbody></table>
-<h2>Sync vs async</h2>
-<p class="muted" id="comparison-source"></p>
-<table id="comparison"><thead><tr><th rowspan="2">operation</th><th colspan="6">sync</th><th colspan="6">async</th>
-<th rowspan="2">p50 async / sync</th></tr><tr>
-<th>requests</th><th>failures</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>
-<th>requests</th><th>failures</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr></thead>
-<tbody></tbody></table>
-<h2>Set-up</h2>
-<table id="setup"><thead><tr><th>process</th><th>step</th><th>progress</th><th>done</th><th>state</th><th>per s</th>
-</tr></thead><tbody></tbody></table>
-<h2>Run configuration</h2>
-<table id="config"><tbody></tbody></table>
-<script>
-"use strict";
-const stateUrl = location.pathname.replace(/\\/+$/, "") + "/state";
-const fmt = v => v === null || v === undefined ? "" : String(v);
-function cell(tr, value, numeric) {
-  const td = document.createElement("td");
-  td.textContent = fmt(value);
-  if (numeric) td.className = "n";
-  tr.appendChild(td);
-  return td;
-}
-function fill(id, rows, build) {
-  const body = document.querySelector("#" + id + " tbody");
-  const fresh = document.createElement("tbody");
-  rows.forEach(row => { const tr = document.createElement("tr"); build(tr, row); fresh.appendChild(tr); });
-  body.replaceWith(fresh);
-}
-function render(s) {
-  document.getElementById("state").textContent = s.state;
-  document.getElementById("runner").textContent = s.runner;
-  document.getElementById("users").textContent = s.user_count;
-  document.getElementById("updated").textContent = s.time;
-  document.getElementById("in-flight-sync").textContent = s.in_flight.sync;
-  document.getElementById("in-flight-async").textContent = s.in_flight.async;
-  document.getElementById("in-flight-note").textContent = s.in_flight_note;
-  document.getElementById("limits").textContent = "Saturated: lag above " + s.limits.lag_ms + " ms or CPU above " +
-    s.limits.cpu_pct + " % of one core for " + s.limits.sustained_s + " s in a row. Figures: the last 3 s.";
-  document.getElementById("comparison-source").textContent = "From " + s.comparison.source + ".";
-  const warnings = document.getElementById("warnings");
-  warnings.replaceChildren(...s.warnings.map(w => {
-    const p = document.createElement("p"); p.textContent = w; return p;
-  }));
-  fill("processes", s.processes, (tr, p) => {
-    tr.dataset.process = p.process;
-    if (p.over_limit && p.over_limit.length) tr.className = "over";
-    cell(tr, p.process);
-    ["cpu_pct", "hub_lag_ms", "loop_lag_ms", "in_flight_sync", "in_flight_async", "peak_in_flight_sync",
-     "peak_in_flight_async"].forEach(k => cell(tr, p[k], true));
-    cell(tr, p.over_limit && p.over_limit.length ? p.over_limit.join(", ") : "none");
-    cell(tr, p.age_s, true);
-  });
-  fill("comparison", s.comparison.rows, (tr, r) => {
-    tr.dataset.op = r.name;
-    cell(tr, r.name);
-    ["sync", "async"].forEach(m => ["count", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"].forEach(
-      k => cell(tr, r[m] ? r[m][k] : null, true)));
-    const ratio = r.sync && r.async && r.sync.p50_ms ? (r.async.p50_ms / r.sync.p50_ms).toFixed(2) + "x" : "";
-    cell(tr, ratio, true);
-  });
-  fill("setup", s.setup, (tr, st) => {
-    cell(tr, st.process); cell(tr, st.name);
-    const bar = document.createElement("progress");
-    bar.max = st.total || 1; bar.value = st.total ? st.done : (st.state === "done" ? 1 : 0);
-    tr.appendChild(document.createElement("td")).appendChild(bar);
-    cell(tr, st.done + " / " + st.total + " " + st.unit, true); cell(tr, st.state); cell(tr, st.per_s, true);
-  });
-  fill("config", s.configuration, (tr, [label, value]) => {
-    const th = document.createElement("th"); th.textContent = label; tr.appendChild(th); cell(tr, value);
-  });
-}
-async function poll() {
-  try {
-    const response = await fetch(stateUrl, {cache: "no-store"});
-    if (response.ok) render(await response.json());
-  } catch (e) { document.getElementById("updated").textContent = "failed: " + e; }
-  setTimeout(poll, 1000);
-}
-poll();
-</script></body></html>
-"""
+# The page itself (HTML, CSS and the script that polls /milvus/state): a file beside this module.
+PAGE = (Path(__file__).with_name("page.html")).read_text(encoding="utf-8")

@@ -124,6 +124,10 @@ class Operation:
     takes_call_kwargs: bool = True
     writes: bool = False  # changes the collection (refused with --existing-collection)
     pool: str = ""  # "query": needs the pre-embedded query pool; "corpus": uses the corpus pool when there is one
+    # The one Milvus call it makes, as Milvus's proxy labels it (the report sets Milvus's own figures beside ours),
+    # or None when it makes several (MMR: a search and a query) or writes elsewhere (from_texts' scratch collection).
+    # LangChain's adds also ask has_collection, which is not of note.
+    milvus_call: str | None = None
 
     @property
     def async_method(self) -> str:
@@ -336,30 +340,41 @@ TABLE: dict[str, Operation] = {
     op.name: op
     for op in (
         Operation("add", "add_documents", _add_documents, _added, _add_failed, default_weight=1, writes=True,
+                  milvus_call="insert",
                   help="add: add_documents of --batch-size documents"),
         Operation("add_texts", "add_texts", _add_texts, _added, _add_failed, writes=True,
+                  milvus_call="insert",
                   help="add_texts: texts, metadatas and ids"),
         Operation("add_embeddings", "add_embeddings", _add_embeddings, _added, _add_failed, writes=True, pool="corpus",
+                  milvus_call="insert",
                   help="add_embeddings: texts with vectors computed before the timed call"),
         Operation("search", "similarity_search", _search(by_vector=False), _found, default_weight=8,
+                  milvus_call="search",
                   help="search: similarity_search(query, k=--top-k)"),
         Operation("search_by_vector", "similarity_search_by_vector", _search(by_vector=True), _found, pool="query",
+                  milvus_call="search",
                   help="search_by_vector: similarity_search_by_vector with a pre-embedded query"),
         Operation("search_with_score", "similarity_search_with_score", _search(by_vector=False), _found,
+                  milvus_call="search",
                   help="search_with_score: similarity_search_with_score(query)"),
         Operation("search_with_score_by_vector", "similarity_search_with_score_by_vector", _search(by_vector=True),
-                  _found, pool="query", help="search_with_score_by_vector: with a pre-embedded query"),
+                  _found, pool="query", milvus_call="search",
+                  help="search_with_score_by_vector: with a pre-embedded query"),
         Operation("mmr", "max_marginal_relevance_search", _search(by_vector=False, mmr=True), _found,
                   help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
         Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
                   _found, pool="query", help="mmr_by_vector: MMR search with a pre-embedded query"),
         Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1, writes=True,
+                  milvus_call="delete",
                   help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),
         Operation("upsert", "upsert", _upsert, _upserted, _give_back, writes=True,
+                  milvus_call="upsert",
                   help="upsert: new content for up to --batch-size of this process's oldest documents"),
         Operation("search_by_metadata", "search_by_metadata", _by_metadata, _counted, takes_call_kwargs=False,
+                  milvus_call="query",
                   help="search_by_metadata: a scalar query with --metadata-filter, limit --top-k"),
         Operation("get_pks", "get_pks", _get_pks, _pks_found, takes_call_kwargs=False,
+                  milvus_call="query",
                   help="get_pks: primary keys matching --metadata-filter"),
         Operation("from_texts", "from_texts", _from_texts, _bootstrapped, _drop_scratch, takes_call_kwargs=False,
                   writes=True,

@@ -6,6 +6,7 @@ import re
 
 SYNC = "langchain-sync"
 ASYNC = "langchain-async"
+MODE_NAMES = {SYNC: "sync", ASYNC: "async"}  # how the report and the web UI name the two request types
 
 
 class OperationFailed(Exception):
