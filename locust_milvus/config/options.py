@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 
 from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
 from locust_milvus.workload.operations import TABLE
@@ -39,34 +40,24 @@ CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 DEFAULT_EMBEDDING_CACHE = "~/.cache/locust-milvus"
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+def _number(kind: type, what: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)`` when ``ok`` accepts it, else argparse's one-line error naming ``what``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value}")
-    return value
+_non_negative_int = _number(int, "a whole number >= 0", lambda v: v >= 0)
+_positive_int = _number(int, "a whole number >= 1", lambda v: v >= 1)
+_positive_float = _number(float, "a number of seconds > 0", lambda v: v > 0)
 
 
 def _option(group, *args, in_web_ui: bool = True, **kwargs):
