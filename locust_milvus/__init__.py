@@ -1,6 +1,7 @@
 """locust-milvus: Locust users that load-test Milvus through LangChain's sync and async vector-store API.
 
     from locust_milvus import AsyncMilvusUser, SyncMilvusUser   # in a locustfile: all it needs
+    from locust_milvus import AsyncLangChainUser, LangChainUser  # bases for your own tasks (docs/extending.md)
 
 Importing the users pulls in Locust (which monkey-patches the standard library with gevent) and registers the
 plugin (plugin.py). This package root itself imports nothing, so that the plain commands (``locust-milvus server``,
@@ -12,7 +13,8 @@ The rooms:
 - ``lifecycle.py``    what happens at init, test start and stop, and quitting (set-up, embedded Milvus, teardown)
 - ``config/``         options.py (declared by group), load.py (Settings built once from them, every value
                       checked), settings.py (the Settings), secrets.py (token, URI credentials, the one scrubber)
-- ``workload/``       users.py (pick an operation, time it, fire one event), operations.py (the table: each
+- ``workload/``       base.py (LangChainUser, AsyncLangChainUser: measure your own tasks), users.py (the
+                      built-in users: pick an operation, time it, fire one event), operations.py (the table: each
                       operation once, for both modes), request_events.py, data.py (documents, the id ledger),
                       dataset.py, embeddings.py, pacing.py (--target-rps), recall.py
 - ``milvus/``         store.py (connecting, the collection, pre-population), verify.py (--verify)
@@ -31,15 +33,15 @@ Locust's statistics and the report's recorder.
 """
 
 __version__ = "0.1.0"
-__all__ = ["AsyncMilvusUser", "SyncMilvusUser"]
+__all__ = ["AsyncLangChainUser", "AsyncMilvusUser", "LangChainUser", "SyncMilvusUser"]
 
 
 def __getattr__(name: str):
     # Lazy (PEP 562): ``import locust_milvus`` stays plain; asking for a user installs the plugin with it.
     if name in __all__:
         from locust_milvus import plugin
-        from locust_milvus.workload import users
+        from locust_milvus.workload import base, users
 
         plugin.install()
-        return getattr(users, name)
+        return getattr(users, name, None) or getattr(base, name)
     raise AttributeError(f"module 'locust_milvus' has no attribute {name!r}")

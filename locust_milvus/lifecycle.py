@@ -34,6 +34,7 @@ from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import calls_in_flight
 from locust_milvus.workload import pacing
+from locust_milvus.workload.base import own_user_classes
 from locust_milvus.workload.data import DocSource, IdLedger
 from locust_milvus.workload.dataset import load_dataset
 from locust_milvus.workload.operations import RunState
@@ -66,11 +67,13 @@ def on_init(environment, runner=None) -> None:
     # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
     options = run_options(environment)
     logging.getLogger("pymilvus").setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.CRITICAL)
-    # (./.env was read when options.py was imported, before Locust parsed the options.)
+    # (./.env was read by plugin.install, before Locust parsed the options.)
     if isinstance(runner, WorkerRunner) or not options.values:
         return
     try:  # bad options (and a malformed --dataset) stop here, before any server starts or load begins
-        _source(settings_from(environment, host=environment.host or "http://127.0.0.1:19530"))
+        settings = settings_from(environment, host=environment.host or "http://127.0.0.1:19530")
+        _check_own_users(environment.user_classes, settings)
+        _source(settings)
     except ConfigError as e:
         _fatal(str(e))
     if not environment.host:
@@ -83,6 +86,19 @@ def on_init(environment, runner=None) -> None:
             _fatal(str(e))
         except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
             _fatal(f"set-up failed: {one_line(e)}")
+
+
+def _check_own_users(user_classes, settings) -> None:
+    """Your own users (workload/base.py): each has a task, and --target-rps paces the built-in operations only."""
+    own = own_user_classes(user_classes)
+    for cls in own:
+        if not cls.tasks:
+            raise ConfigError(f"user class {cls.__name__} has no tasks: give it a method decorated with @task "
+                              "(LangChainUser and AsyncLangChainUser have none of their own)")
+    if settings.target_rps and own:
+        names = ", ".join(cls.__name__ for cls in own)
+        raise ConfigError(f"--target-rps paces the built-in operations of SyncMilvusUser and AsyncMilvusUser; your "
+                          f"own user classes ({names}) cannot be paced: run them without --target-rps")
 
 
 _sources: dict[tuple[str, str, str], DocSource] = {}

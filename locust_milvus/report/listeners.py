@@ -34,6 +34,7 @@ from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import folder as report_folder
 from locust_milvus.report import gates, plots, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
+from locust_milvus.workload.base import request_names
 from locust_milvus.workload.operations import TABLE
 from locust_milvus.workload.request_events import MODE_NAMES
 
@@ -75,9 +76,11 @@ def _fatal(message: str) -> None:
     raise SystemExit(1)
 
 
-def parse_gates(options: RunOptions) -> list[gates.Gate]:
-    """The run's gates; raises ConfigError (one line) for a value that cannot be read."""
-    known = set(TABLE) | set(OTHER_REQUEST_NAMES)
+def parse_gates(options: RunOptions, user_classes=()) -> list[gates.Gate]:
+    """The run's gates; raises ConfigError (one line) for a value that cannot be read, or naming a request that no
+    user class of the run fires (the built-in users: the table's operations; your own: their task names and
+    ``request_names``)."""
+    known = (request_names(user_classes) or set(TABLE)) | set(OTHER_REQUEST_NAMES)
     checks = options.checks
     return gates.parse_all({metric: checks.get(metric, "") for metric in gates.METRICS}, known)
 
@@ -93,7 +96,7 @@ def on_init(environment, runner=None) -> None:
     if not o.values:
         return
     try:
-        parse_gates(o)
+        parse_gates(o, environment.user_classes)
         report_folder.check_reports_dir(o.get("reports_dir", ""))
         server_metrics.check_url(o.get("milvus_metrics_url", ""))
     except ConfigError as e:
@@ -128,7 +131,7 @@ def on_test_start(environment, **_kwargs) -> None:
     recorder.reset()
     o = run_options(environment)
     try:  # values typed into the web UI's form arrive here
-        parse_gates(o)
+        parse_gates(o, environment.user_classes)
         name = report_folder.report_name(o.get("report_name", ""), o.get("config"))
         test = _Test(folder=report_folder.new_folder(o.get("reports_dir", ""), name), name=name, started_s=time.time(),
                      options=o)
@@ -178,7 +181,7 @@ def on_quitting(environment, **_kwargs) -> None:
             test.stopped_s = time.time()
         _write(environment, test)
     try:
-        configured = bool(parse_gates(o))
+        configured = bool(parse_gates(o, environment.user_classes))
     except ConfigError:
         configured = True  # refused at test start, and no test was judged
     if configured and test is None:
@@ -205,7 +208,7 @@ def _write(environment, test: _Test) -> None:
         test.scraper.finish()  # a web UI test restarted before it stopped
         data["server_side"] = test.scraper.result(data["rows"])
     try:
-        outcomes = gates.evaluate(parse_gates(o), data["rows"])
+        outcomes = gates.evaluate(parse_gates(o, environment.user_classes), data["rows"])
     except ConfigError as e:  # the web UI's form changed a value mid-test
         logger.error("locust-milvus: %s", e)
         outcomes = []

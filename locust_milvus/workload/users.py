@@ -1,4 +1,5 @@
-"""The Locust users: SyncMilvusUser (sync LangChain calls) and AsyncMilvusUser (async calls on the bridge).
+"""The built-in users: SyncMilvusUser (sync LangChain calls) and AsyncMilvusUser (async calls on the bridge), the
+bases of base.py plus the operation mix.
 
 Each task iteration picks an operation from the table (operations.py) by its weight, times the LangChain
 call alone with ``time.perf_counter()`` and fires one request event per operation (events.py). With a remote
@@ -8,7 +9,7 @@ time is taken out of the operation's (embeddings.py), so the operation's figure 
 
 from __future__ import annotations
 
-from locust import User, task
+from locust import task
 from locust.exception import StopUser
 
 import asyncio
@@ -17,10 +18,10 @@ import time
 
 import gevent
 
-from locust_milvus import lifecycle
 from locust_milvus.runtime.bridge import BridgeClosed, get_bridge
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
+from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser
 from locust_milvus.workload.embeddings import embedding_calls
 from locust_milvus.workload.operations import TABLE, Call, Operation, RunState
 from locust_milvus.workload.pacing import Pacer
@@ -31,43 +32,45 @@ from locust_milvus.workload.request_events import ASYNC, SYNC, fire
 SKIP_PAUSE_S = 0.005
 
 
-class MilvusUser(User):
-    """Common part of the two users: the run's state and the weighted choice of an operation."""
-
-    abstract = True
-    state: RunState | None = None
-    pacer: Pacer | None = None  # --target-rps: this user's schedule of planned starts (pacing.py)
-
-    def on_start(self) -> None:
-        self.state = lifecycle.current_state()
-        if self.state is not None and self.state.settings.target_rps:
-            self.pacer = Pacer(self.state.settings.target_rps, self.state.total_users, self.state.rng)
-
-    @task
-    def operate(self) -> None:
-        if self.state is None:  # set-up failed; the error was logged once, at test start
-            raise StopUser()
-        if self.pacer is None:
-            self.execute(self.state.pick())
-            return
-        name, planned = self.pacer.wait()
-        try:
-            self.execute(TABLE[name], planned)
-        finally:
-            self.pacer.done(time.perf_counter())
-
-    def execute(self, op: Operation, planned: float | None = None) -> None:
-        """One operation (``async_concurrency`` of them for the async user when not paced); ``planned`` is its
-        planned start under --target-rps (perf_counter seconds), for the latency from the planned start."""
-        raise NotImplementedError
+def _pacer(state: RunState | None) -> Pacer | None:
+    """--target-rps: this user's schedule of planned starts (pacing.py), or None (closed loop)."""
+    if state is not None and state.settings.target_rps:
+        return Pacer(state.settings.target_rps, state.total_users, state.rng)
+    return None
 
 
-class SyncMilvusUser(MilvusUser):
+def _operate(user) -> None:
+    """The built-in users' one task: an operation from the table, picked by its weight or by the pacer."""
+    if user.state is None:  # set-up failed; the error was logged once, at test start
+        raise StopUser()
+    if user.pacer is None:
+        user.execute(user.state.pick())
+        return
+    name, planned = user.pacer.wait()
+    try:
+        user.execute(TABLE[name], planned)
+    finally:
+        user.pacer.done(time.perf_counter())
+
+
+class SyncMilvusUser(LangChainUser):
     """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
     in flight. Each call runs in a greenlet of its own (shield.py): stopping the user abandons the wait, never
     the call, so a stop cannot corrupt gRPC's locks."""
 
-    mode = SYNC  # the request type of its events
+    pacer: Pacer | None = None
+    builtin = True
+    request_names = tuple(TABLE)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.pacer = _pacer(self.state)
+
+    @task
+    def operate(self) -> None:
+        _operate(self)
+
+    operate.shielded = True  # each call is shielded on its own, and a cut-off call is accounted for (below)
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
@@ -150,12 +153,21 @@ async def _gather(state: RunState, op: Operation, batch: list[Call]):
     return await asyncio.gather(*(_timed(state, op, call) for call in batch))
 
 
-class AsyncMilvusUser(MilvusUser):
+class AsyncMilvusUser(AsyncLangChainUser):
     """Calls LangChain's async methods on this process's asyncio loop (bridge.py); each task iteration keeps
     --async-concurrency operations in flight with ``asyncio.gather``, one request event each."""
 
-    mode = ASYNC
-    uses_async_bridge = True  # lifecycle builds the process's async store on the bridge for these users
+    pacer: Pacer | None = None
+    builtin = True
+    request_names = tuple(TABLE)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.pacer = _pacer(self.state)
+
+    @task
+    def operate(self) -> None:
+        _operate(self)
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
