@@ -9,9 +9,9 @@ from locust.contrib.milvus import MilvusUser
 import os
 import random
 
+from locust_milvus.runtime.monitor import monitor
 from locust_milvus.workload.data import query_text
 from locust_milvus.workload.embeddings import make_embedding
-from locust_milvus.runtime.monitor import monitor
 
 DIM = int(os.environ.get("LOCUST_BENCH_DIM", "128"))
 _embedding = make_embedding(DIM)
@@ -27,6 +27,11 @@ class ContribSearchUser(MilvusUser):
     @task
     def search_by_vector(self):
         self.search(data=[random.choice(_vectors)], anns_field="vector", limit=3, output_fields=["text"])
+
+
+@events.init.add_listener
+def _init(environment, **_):
+    environment.events.request.add_listener(monitor.count_request)  # as locust_milvus/plugin.py does
 
 
 @events.test_start.add_listener
