@@ -145,26 +145,6 @@ class StressResult:
         return sum(getattr(r, what) for r in rows)
 
     @property
-    def hangs(self) -> int:
-        return self.count("hangs")
-
-    @property
-    def lock_errors(self) -> int:
-        return self.count("lock_errors")
-
-    @property
-    def stuck(self) -> int:
-        return self.count("stuck")
-
-    @property
-    def tracebacks(self) -> int:
-        return self.count("tracebacks")
-
-    @property
-    def missing_reports(self) -> int:
-        return self.count("missing_reports")
-
-    @property
     def ok(self) -> bool:
         return not any(r.failed for r in self.runs)
 

@@ -21,7 +21,7 @@ import gevent
 from locust_milvus.runtime.bridge import BridgeClosed, get_bridge
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
-from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser
+from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser, RunUser
 from locust_milvus.workload.embeddings import embedding_calls
 from locust_milvus.workload.operations import TABLE, Call, Operation, RunState
 from locust_milvus.workload.pacing import Pacer
@@ -53,14 +53,14 @@ def _operate(user) -> None:
         user.pacer.done(time.perf_counter())
 
 
-class SyncMilvusUser(LangChainUser):
-    """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
-    in flight. Each call runs in a greenlet of its own (shield.py): stopping the user abandons the wait, never
-    the call, so a stop cannot corrupt gRPC's locks."""
+class _OperationMix(RunUser):
+    """The built-in users' part: one task, an operation of the table picked by weight (or by --target-rps's pacer),
+    executed by the mode's ``execute``."""
 
-    pacer: Pacer | None = None
+    abstract = True
     builtin = True
     request_names = tuple(TABLE)
+    pacer: Pacer | None = None
 
     def on_start(self) -> None:
         super().on_start()
@@ -70,7 +70,18 @@ class SyncMilvusUser(LangChainUser):
     def operate(self) -> None:
         _operate(self)
 
-    operate.shielded = True  # each call is shielded on its own, and a cut-off call is accounted for (below)
+    # SyncMilvusUser shields each call itself, so that a call cut off by a stop is accounted for (its ids marked
+    # unknown in the ledger at once); LangChainUser leaves a task marked so as it is.
+    operate.shielded = True
+
+    def execute(self, op: Operation, planned: float | None = None) -> None:
+        raise NotImplementedError
+
+
+class SyncMilvusUser(_OperationMix, LangChainUser):
+    """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
+    in flight. Each call runs in a greenlet of its own (shield.py): stopping the user abandons the wait, never
+    the call, so a stop cannot corrupt gRPC's locks."""
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
@@ -153,21 +164,9 @@ async def _gather(state: RunState, op: Operation, batch: list[Call]):
     return await asyncio.gather(*(_timed(state, op, call) for call in batch))
 
 
-class AsyncMilvusUser(AsyncLangChainUser):
+class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
     """Calls LangChain's async methods on this process's asyncio loop (bridge.py); each task iteration keeps
     --async-concurrency operations in flight with ``asyncio.gather``, one request event each."""
-
-    pacer: Pacer | None = None
-    builtin = True
-    request_names = tuple(TABLE)
-
-    def on_start(self) -> None:
-        super().on_start()
-        self.pacer = _pacer(self.state)
-
-    @task
-    def operate(self) -> None:
-        _operate(self)
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
