@@ -22,7 +22,7 @@ A run that has not exited ``--stop-timeout`` + 10 s after its stop is a HANG (as
 hard cap, 60 s after its launch, stopped or not). Still running 5 s later, its output tail is printed, it gets
 SIGABRT (the child runs with PYTHONFAULTHANDLER=1, so it dumps every thread's Python stack into its output) and
 then SIGKILL, process group and all, and the next run starts. A run that the project's own shutdown deadline
-ended (shutdown.py: ``the process did not exit within ...``, exit code 5) is a hang too, also counted as a
+ended (shutdown.py: ``... exiting with code 5``) is a hang too, also counted as a
 forced exit: the safety net caught what would have hung. ``--hog N`` busy-loop processes keep both cores busy,
 which widens the race. Per run it counts lock errors, stuck calls (the watchdog's line, or ``stuck=N`` > 0),
 Python tracebacks, the exit code, whether the report folder was written (``report written to``) and the seconds
@@ -67,7 +67,7 @@ TRACEBACK = "Traceback (most recent call last)"
 REPORT_WRITTEN = "report written to"
 SPAWNED = "All users spawned"
 TIME_LIMIT = "--run-time limit reached"
-FORCED_EXIT = "the process did not exit within"  # locust_milvus/shutdown.py's deadline (exit code 5), if present
+FORCED_EXIT = "exiting with code 5. Its report may be missing"  # runtime/shutdown.py's deadline ended the run
 MONITOR = re.compile(r"locust-milvus monitor: .*?requests=(\d+) failures=(\d+) unknown_outcome=(\d+) stuck=(\d+)")
 GRACE_S = 10.0  # a run must exit within --stop-timeout + this after its stop
 KILL_MARGIN_S = 5.0  # a hung run is killed this much later, so that its own shutdown deadline (if any) shows

@@ -67,6 +67,10 @@ def on_init(environment, runner=None) -> None:
     # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
     options = run_options(environment)
     logging.getLogger("pymilvus").setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.CRITICAL)
+    # The OpenAI client's HTTP libraries log every request at INFO: thousands of lines that say nothing a request
+    # event does not (and that buried a stalled run's own log lines). Warnings and errors still show.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.WARNING)
     # (./.env was read by plugin.install, before Locust parsed the options.)
     if isinstance(runner, WorkerRunner) or not options.values:
         return
@@ -165,6 +169,10 @@ def on_test_start(environment, **_kwargs) -> None:
     global _state, _prepared
     _state = None
     runner = environment.runner
+    options = run_options(environment)
+    if options.headless and options.get("run_time") and not isinstance(runner, WorkerRunner):
+        # Locust's own timer ends the run; should the run stall so that no stop ever begins, this ends it.
+        shutdown.expect_stop(float(options.get("run_time")), environment.stop_timeout)
     try:
         settings = settings_from(environment)
         if isinstance(runner, WorkerRunner):

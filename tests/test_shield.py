@@ -83,6 +83,20 @@ def test_the_shutdown_deadline_ends_a_process_whose_hub_is_stuck():
     assert proc.returncode == FORCED_EXIT_CODE, proc.stderr
     assert took < 20 and "not reached" not in proc.stdout
     assert "did not exit within 1.5 s of the end of the test" in proc.stderr
+    assert "Current thread" in proc.stderr or "Thread 0x" in proc.stderr  # every thread's stack, for diagnosis
+
+
+def test_a_run_that_never_stops_is_ended_after_its_run_time():
+    proc, took = _python("""
+        from gevent import monkey; monkey.patch_all()
+        from gevent.monkey import get_original
+        from locust_milvus.runtime import shutdown
+        shutdown.GRACE_S = 0.5
+        shutdown.expect_stop(1.0, 0)  # a 1 s --run-time whose stop never comes
+        get_original("time", "sleep")(60)
+    """)
+    assert proc.returncode == FORCED_EXIT_CODE and took < 20, proc.stderr
+    assert "the --run-time limit (1 s) passed and the run did not end within 1 s of it" in proc.stderr
 
 
 def test_ctrl_c_is_a_keyboard_interrupt_in_the_main_greenlet_only():

@@ -15,6 +15,7 @@ comes near it: it is the last line of defence, not the design (shield.py is the 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -28,7 +29,6 @@ GRACE_S = 10.0
 _native_sleep = get_original("time", "sleep")
 _native_monotonic = get_original("time", "monotonic")
 _start_native_thread = get_original("_thread", "start_new_thread")
-_armed_in_pid: int | None = None
 
 
 def install_sigint_handler() -> None:
@@ -43,24 +43,45 @@ def install_sigint_handler() -> None:
 
 
 def arm(stop_timeout: float | None, reason: str) -> None:
-    """Start the shutdown deadline of this process (once; later calls keep the first deadline)."""
-    global _armed_in_pid
-    if _armed_in_pid == os.getpid():
-        return
-    _armed_in_pid = os.getpid()
+    """The process is stopping for good (``reason``): it must exit within --stop-timeout + GRACE_S from now."""
     seconds = float(stop_timeout or 0) + GRACE_S
-    _start_native_thread(_expire, (seconds, reason))
+    _set_deadline(seconds, f"the process did not exit within {seconds:g} s of {reason} (--stop-timeout + "
+                           f"{GRACE_S:g} s)")
 
 
-def _expire(seconds: float, reason: str) -> None:
-    deadline = _native_monotonic() + seconds
-    while (left := deadline - _native_monotonic()) > 0:
+def expect_stop(run_time: float, stop_timeout: float | None) -> None:
+    """A headless run with --run-time has started: Locust's own timer stops it then. If no stop has begun
+    GRACE_S after that time (and after the stop's own deadline), the run has stalled where nothing else would
+    end it: the same deadline ends it."""
+    seconds = float(run_time) + float(stop_timeout or 0) + 2 * GRACE_S
+    _set_deadline(seconds, f"the --run-time limit ({run_time:g} s) passed and the run did not end within "
+                           f"{seconds - run_time:g} s of it")
+
+
+_deadline: list = []  # [monotonic deadline, message] of this process, earliest first
+_thread_in_pid: int | None = None
+
+
+def _set_deadline(seconds: float, message: str) -> None:
+    global _thread_in_pid
+    at = _native_monotonic() + seconds
+    if _deadline and _deadline[0] <= at:
+        return  # an earlier deadline stands
+    _deadline[:] = [at, message]
+    if _thread_in_pid != os.getpid():
+        _thread_in_pid = os.getpid()
+        _start_native_thread(_expire, ())
+
+
+def _expire() -> None:
+    while (left := _deadline[0] - _native_monotonic()) > 0:
         _native_sleep(min(left, 0.5))
-    # Plain writes: logging's locks are gevent's, and the hub may be the thing that is stuck.
-    message = (f"locust-milvus: the process did not exit within {seconds:g} s of {reason} (--stop-timeout + "
-               f"{GRACE_S:g} s); exiting with code {FORCED_EXIT_CODE}. Its report may be missing or incomplete.\n")
+    # Plain writes: logging's locks are gevent's, and the hub may be the thing that is stuck. Every thread's stack
+    # goes to stderr first (faulthandler: the main thread's shows where the hub, or a greenlet on it, is stuck).
+    message = f"locust-milvus: {_deadline[1]}; exiting with code {FORCED_EXIT_CODE}. Its report may be missing.\n"
     try:
         sys.stderr.flush()
         os.write(2, message.encode())
+        faulthandler.dump_traceback(all_threads=True)
     finally:
         os._exit(FORCED_EXIT_CODE)
