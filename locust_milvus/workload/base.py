@@ -41,9 +41,9 @@ from locust_milvus import lifecycle
 from locust_milvus.runtime.bridge import get_bridge
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
-from locust_milvus.workload.embeddings import EmbedCall, embedding_calls
+from locust_milvus.workload.embeddings import embedding_calls
 from locust_milvus.workload.operations import RunState
-from locust_milvus.workload.request_events import ASYNC, SYNC, fire
+from locust_milvus.workload.request_events import ASYNC, SYNC, fire_operation
 
 T = TypeVar("T")
 
@@ -80,13 +80,6 @@ class RunUser(User):
         Adding them does not make them this process's to delete (the built-in delete takes only acknowledged ids)."""
         state = self._ready()
         return state.ledger.new_batch(n, state.rng, state.source)
-
-    def _fire(self, name: str, start: float, elapsed: float, exc: BaseException | None,
-              embeds: list[EmbedCall], length: int = 0) -> None:
-        for e in embeds:
-            fire(self.environment, self.mode, e.name, e.elapsed_s, 0, e.exc)
-            elapsed -= e.elapsed_s
-        fire(self.environment, self.mode, name, elapsed, length, exc)
 
 
 def _shielded_task(fn: Callable) -> Callable:
@@ -139,7 +132,7 @@ class LangChainUser(RunUser):
         if self.stopped:  # its user was stopped meanwhile: no request, an unknown outcome
             monitor.cancelled(SYNC, name)
             return
-        self._fire(name, start, elapsed, exc, embeds, length)
+        fire_operation(self.environment, self.mode, name, elapsed, length, exc, embeds)
 
 
 # The measurements made inside one ``AsyncLangChainUser.run`` call, handed back to the user's greenlet to fire
@@ -202,8 +195,8 @@ def _run_on_loop(self: AsyncLangChainUser, coro: Awaitable[T] | None = None) -> 
     except BaseException:
         self.stopped = True
         raise
-    for name, start, elapsed, exc, embeds, length in measured:
-        self._fire(name, start, elapsed, exc, embeds, length)
+    for name, _start, elapsed, exc, embeds, length in measured:
+        fire_operation(self.environment, self.mode, name, elapsed, length, exc, embeds)
     return result
 
 

@@ -71,3 +71,13 @@ def fire(environment, request_type: str, name: str, elapsed_s: float, length: in
         exception=None if exc is None else normalise(exc),
         context=context or {},
     )
+
+
+def fire_operation(environment, request_type: str, name: str, elapsed_s: float, length: int,
+                   exc: BaseException | None, embeds=(), context: dict | None = None) -> None:
+    """An operation's event, after one event per embedding call it made inside (embeddings.EmbedCall: their time
+    is taken out of the operation's, so its figure is the Milvus side)."""
+    for e in embeds:
+        fire(environment, request_type, e.name, e.elapsed_s, 0, e.exc)
+        elapsed_s -= e.elapsed_s
+    fire(environment, request_type, name, elapsed_s, length, exc, context)

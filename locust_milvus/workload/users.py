@@ -25,7 +25,7 @@ from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser, RunUs
 from locust_milvus.workload.embeddings import embedding_calls
 from locust_milvus.workload.operations import TABLE, Call, Operation, RunState
 from locust_milvus.workload.pacing import Pacer
-from locust_milvus.workload.request_events import ASYNC, SYNC, fire
+from locust_milvus.workload.request_events import ASYNC, SYNC, fire_operation
 
 # A skipped task (a delete with nothing owned to delete) yields this long, so that a delete-heavy mix does not
 # spin the CPU while adds catch up. It is not a request and is not timed.
@@ -96,7 +96,8 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
             _cancelled(state, op, [call], SYNC)
             raise
         length, exc = op.complete(state, call, result, exc)
-        _fire(self.environment, SYNC, op.name, elapsed, length, exc, embeds, _context(call, planned, start + elapsed))
+        fire_operation(self.environment, SYNC, op.name, elapsed, length, exc, embeds,
+                       _context(call, planned, start + elapsed))
 
 
 def _timed_sync(state: RunState, op: Operation, call: Call):
@@ -132,14 +133,6 @@ def _cancelled(state: RunState, op: Operation, calls: list[Call], mode: str) -> 
     for call in calls:
         op.abandon(state, call)
     monitor.cancelled(mode, op.name, len(calls))
-
-
-def _fire(environment, mode: str, name: str, elapsed: float, length: int, exc, embeds, context=None) -> None:
-    """The operation's event, after one event per embedding call it made (their time taken out of its own)."""
-    for e in embeds:
-        fire(environment, mode, e.name, e.elapsed_s, 0, e.exc)
-        elapsed -= e.elapsed_s
-    fire(environment, mode, name, elapsed, length, exc, context)
 
 
 async def _timed(state: RunState, op: Operation, call: Call):
@@ -190,5 +183,5 @@ class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
             raise
         for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
-            _fire(self.environment, ASYNC, op.name, elapsed, length, exc, embeds,
+            fire_operation(self.environment, ASYNC, op.name, elapsed, length, exc, embeds,
                   _context(call, planned, start + elapsed))
