@@ -11,9 +11,12 @@ What happens, in order:
 - init: URI credentials become the token; the report refuses unreadable --check-*/--reports-dir before any
   set-up; lifecycle makes gRPC cooperative, takes Ctrl-C, starts the embedded Milvus and, headless, prepares the
   collection; the web UI gets its run page.
-- test_start: the report opens its folder; lifecycle prepares the collection and this process's stores; the
-  health signals start; the server-metrics baseline is scraped after set-up; the run page learns set-up ended.
-- request: the report's recorder and the monitor's per-process totals (processes that run users).
+- test_start: the report opens its folder; --find-capacity's plan is read; lifecycle prepares the collection and
+  this process's stores; the health signals start; the server-metrics baseline is scraped after set-up; the run
+  page learns set-up ended.
+- spawning_complete: --find-capacity's sweep starts (capacity/driver.py).
+- request: the report's recorder, the monitor's per-process totals and a capacity step's figures (processes that
+  run users).
 - test_stopping, test_stop, quitting: the shutdown deadline; the report's final scrape; the monitor's evidence
   and --verify; the users stopped, the bridge and the embedded Milvus closed; the report written.
 """
@@ -24,6 +27,8 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
 from locust_milvus import lifecycle
+from locust_milvus.capacity import steps as capacity_steps
+from locust_milvus.capacity.driver import driver as capacity
 from locust_milvus.config import options, secrets
 from locust_milvus.report import listeners as report
 from locust_milvus.runtime import health
@@ -55,6 +60,7 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     # --- init, in this order ----------------------------------------------------------------------------------
     secrets.hide_host_credentials(environment)  # before anything shows or sends the host
     report.on_init(environment, runner)  # refuses bad --check-* / --reports-dir before any server starts
+    capacity.on_init(environment, runner)  # refuses a --find-capacity that cannot sweep (exit 2); workers take steps
     lifecycle.on_init(environment, runner)  # gRPC cooperative, Ctrl-C, embedded Milvus, headless set-up
     run_page = page.install(environment, web_ui) if web_ui is not None else None
 
@@ -62,26 +68,33 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     if runs_users:
         ev.request.add_listener(report.recorder.record)
         ev.request.add_listener(monitor.count_request)
+        ev.request.add_listener(capacity_steps.windows.record)  # only while a --find-capacity step is judged
+        health.window_listeners.append(capacity_steps.windows.on_health_window)
     if isinstance(runner, WorkerRunner):
         ev.report_to_master.add_listener(report.on_report_to_master)
         ev.report_to_master.add_listener(health.on_report_to_master)
+        ev.report_to_master.add_listener(capacity.on_report_to_master)
     if isinstance(runner, MasterRunner):
         ev.worker_report.add_listener(report.on_worker_report)
         ev.worker_report.add_listener(health.on_worker_report)
+        ev.worker_report.add_listener(capacity.on_worker_report)
     if draws_report:
         ev.reset_stats.add_listener(report.recorder.reset)  # the web UI's "reset stats"
         ev.reset_stats.add_listener(report.restart_scraping)
         ev.spawning_complete.add_listener(report.on_spawning_complete)  # --reset-stats
+        ev.spawning_complete.add_listener(capacity.on_spawning_complete)  # the sweep starts once every user runs
 
     # --- each test ---------------------------------------------------------------------------------------------
     ev.test_start.add_listener(report.on_test_start)  # the test's folder and CSV writer
     ev.test_start.add_listener(secrets.hide_host_credentials_at_test_start)  # a host typed into the web UI's form
+    ev.test_start.add_listener(capacity.on_test_start)  # the sweep's plan (or, on a worker, no step yet)
     ev.test_start.add_listener(lifecycle.on_test_start)  # set-up: collection, stores, run state
     ev.test_start.add_listener(health.on_test_start)  # after set-up: the bridge, if any, exists now
     ev.test_start.add_listener(report.start_scraping)  # baseline after pre-population, before the first request
     if run_page is not None:
         ev.test_start.add_listener(run_page.new_test)
     ev.test_stopping.add_listener(lifecycle.on_test_stopping)  # a headless run's stop starts the exit deadline
+    ev.test_stop.add_listener(capacity.on_test_stop)  # the answer, before the report uses it
     ev.test_stop.add_listener(report.on_test_stop)  # final server scrape; written now unless headless
     ev.test_stop.add_listener(lifecycle.on_test_stop)  # monitor evidence, --verify
     ev.test_stop.add_listener(health.on_test_stop)

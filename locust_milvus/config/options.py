@@ -58,6 +58,20 @@ def _number(kind: type, what: str, ok: Callable[[float], bool]) -> Callable[[str
 _non_negative_int = _number(int, "a whole number >= 0", lambda v: v >= 0)
 _positive_int = _number(int, "a whole number >= 1", lambda v: v >= 1)
 _positive_float = _number(float, "a number of seconds > 0", lambda v: v > 0)
+_factor = _number(float, "a factor > 1", lambda v: v > 1.0)
+
+
+def _seconds(text: str) -> float:
+    """An argparse ``type``: seconds as ``30``, ``30s``, ``1.5m`` (as --run-time's values read)."""
+    text = str(text).strip().lower()
+    scale = 60.0 if text.endswith("m") else 1.0
+    try:
+        value = float(text.rstrip("sm")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 1m, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration >= 0, got {text!r}")
+    return value
 
 
 def _option(group, *args, in_web_ui: bool = True, **kwargs):
@@ -72,7 +86,7 @@ def _option(group, *args, in_web_ui: bool = True, **kwargs):
 def add_arguments(parser) -> None:
     """Locust's ``init_command_line_parser`` listener: every option, by group (plugin.py registers it)."""
     for declare in (_target_options, _collection_options, _embedding_options, _data_options, _workload_options,
-                    _report_options):
+                    _report_options, _capacity_options):
         declare(parser)
 
 
@@ -325,4 +339,44 @@ def _report_options(parser) -> None:
         report,
         "--check-recall", env_var="LOCUST_CHECK_RECALL", default="",
         help="Minimum mean recall@k of the searches --recall judged, e.g. '0.95' or 'search_by_vector=0.9'.",
+    )
+
+
+def _capacity_options(parser) -> None:
+    capacity = parser.add_argument_group(
+        "locust-milvus: capacity",
+        "--find-capacity raises the --target-rps rates step by step until the --check-* SLO breaks, then says how "
+        "much Milvus held (docs/capacity.md).",
+    )
+    _option(
+        capacity,
+        "--find-capacity", env_var="LOCUST_FIND_CAPACITY", action="store_true", default=False,
+        help="Sweep: start at the --target-rps rates, multiply them by --step-factor each step, judge each step by "
+        "the --check-* latency and fail-ratio options, refine, then stop and report the capacity (default: off).",
+    )
+    _option(
+        capacity,
+        "--step-factor", env_var="LOCUST_STEP_FACTOR", type=_factor, default=1.5,
+        help="Each step's rates are the previous step's times this (> 1; default: 1.5).",
+    )
+    _option(
+        capacity,
+        "--step-time", env_var="LOCUST_STEP_TIME", type=_seconds, default=30.0,
+        help="How long each step holds its rates, e.g. 30s or 1m (default: 30s).",
+    )
+    _option(
+        capacity,
+        "--step-warmup", env_var="LOCUST_STEP_WARMUP", type=_seconds, default=5.0,
+        help="The first seconds of each step, not judged (default: 5s).",
+    )
+    _option(
+        capacity,
+        "--refine-steps", env_var="LOCUST_REFINE_STEPS", type=_non_negative_int, default=2,
+        help="Bisection steps between the last good and the first failing rates (default: 2).",
+    )
+    _option(
+        capacity,
+        "--check-capacity", env_var="LOCUST_CHECK_CAPACITY", default="",
+        help=f"Minimum capacity per operation, e.g. 'search=1000': exit code {GATE_EXIT_CODE} when the sweep finds "
+        "less (default: none).",
     )

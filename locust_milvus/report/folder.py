@@ -74,6 +74,14 @@ def write_run(folder: Path, data: dict, scrub: Callable[[str], str] = lambda tex
             lines = {**plots.timeline_lines(data, by="mode", prefix="all operations, "), **lines}
         plots.throughput_chart(lines, folder / "throughput.png", "Throughput over time")
         images.append(("throughput.png", "throughput over time"))
-    doc = summary.blocks(data, comparison, images)
+    first: list[tuple] = []
+    if data.get("capacity"):  # --find-capacity: the answer comes first
+        from locust_milvus.capacity import answer
+
+        image = answer.chart(data["capacity"], folder / "capacity.png")
+        first = answer.blocks(data["capacity"], image)
+        if image:
+            images.append((image, "capacity sweep"))
+    doc = summary.blocks(data, comparison, [i for i in images if i[0] != "capacity.png"], first)
     written = summary.write(folder, "summary", doc, data, f"Load test: {data['name']}", scrub)
     return [*written, *(folder / file for file, _ in images)]

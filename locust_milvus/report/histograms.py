@@ -144,10 +144,12 @@ class Recorder:
                 mine[i] += value
         return out
 
-    def drain(self) -> dict:
-        """What was recorded since the last drain, as msgpack-friendly data for ``report_to_master``; then reset."""
+    def drain(self, with_pacing: bool = True) -> dict:
+        """What was recorded since the last drain, as msgpack-friendly data for ``report_to_master``; then reset.
+        ``with_pacing``: also hand over this process's --target-rps start counts (the run's recorder does; a
+        capacity step's, which counts its own, does not)."""
         payload = {
-            "pacing": pacing.drain(),
+            "pacing": pacing.drain() if with_pacing else {},
             "series": [
                 {
                     "type": request_type,

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import gevent
 
+from locust_milvus.capacity import answer as capacity_answer
+from locust_milvus.capacity.driver import driver as capacity
 from locust_milvus.config.load import RunOptions, run_options
 from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
@@ -207,11 +209,17 @@ def _write(environment, test: _Test) -> None:
     if test.scraper is not None:
         test.scraper.finish()  # a web UI test restarted before it stopped
         data["server_side"] = test.scraper.result(data["rows"])
-    try:
-        outcomes = gates.evaluate(parse_gates(o, environment.user_classes), data["rows"])
-    except ConfigError as e:  # the web UI's form changed a value mid-test
-        logger.error("locust-milvus: %s", e)
-        outcomes = []
+    if capacity.plan is not None and capacity.result is not None:
+        # A sweep: the --check-* options were its SLO, judged per step (steps past the limit fail them by design);
+        # the run's gate is --check-capacity.
+        data["capacity"] = capacity.result
+        outcomes = capacity_answer.check_outcomes(capacity.plan, capacity.result)
+    else:
+        try:
+            outcomes = gates.evaluate(parse_gates(o, environment.user_classes), data["rows"])
+        except ConfigError as e:  # the web UI's form changed a value mid-test
+            logger.error("locust-milvus: %s", e)
+            outcomes = []
     data["checks"] = [outcome.as_dict() for outcome in outcomes]
     for outcome in outcomes:
         (logger.info if outcome.passed else logger.error)(outcome.line)

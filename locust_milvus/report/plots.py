@@ -103,3 +103,42 @@ def timeline_lines(summary: dict, by: str = "operation", prefix: str = "") -> di
     xs = list(range(len(next(iter(sums.values()))[0])))
     ranked = sorted(sums.items(), key=lambda kv: -sum(kv[1][0]))
     return {label: (xs, ok, failed) for label, (ok, failed) in ranked}
+
+
+def capacity_chart(offered: list[float], latency: dict[str, list[float]], achieved: list[float], failed: list[bool],
+                   knee: float | None, slo: str, path: Path, limits: list[tuple[str, float]] = ()) -> Path:
+    """--find-capacity: per step (x: the offered rate), the latency percentiles (left, log scale) and the achieved
+    rate (right), failing steps marked with a cross, the capacity found as a vertical line."""
+    fig = _figure(10.0, 4.8)
+    ax = fig.subplots()
+    for label, ys in latency.items():
+        ax.plot(offered, ys, marker="o", linewidth=1.2, label=f"{label} from planned start")
+    bad = [(x, y) for x, y, f in zip(offered, latency.get("p99", []), failed, strict=False) if f]
+    if bad:
+        ax.scatter(*zip(*bad, strict=True), marker="x", s=80, color="red", zorder=5, label="step failed")
+    for label, ms in limits:  # the SLO's latency thresholds
+        ax.axhline(ms, color="red", linewidth=0.8, alpha=0.6, linestyle="-.", label=f"SLO {label}")
+    ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.yaxis,):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("offered rate (requests/s, all operations)")
+    ax.set_ylabel("latency, ms (log scale)")
+    ax.grid(which="both", alpha=0.3)
+    right = ax.twinx()
+    right.plot(offered, achieved, color="black", linestyle=":", marker="s", markersize=4, label="achieved rate")
+    right.plot(offered, offered, color="grey", linewidth=0.8, alpha=0.6, label="achieved = offered")
+    right.set_ylabel("achieved rate (requests/s)")
+    right.set_ylim(bottom=0)
+    if knee:
+        ax.axvline(knee, color="green", linestyle="--", linewidth=1.5, label=f"capacity {knee:,.0f}/s")
+    handles = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    # outside the data, to the right of both axes
+    fig.legend(handles[0] + more[0], handles[1] + more[1], loc="center left", bbox_to_anchor=(0.78, 0.5), fontsize=8)
+    ax.set_title(f"Capacity sweep: latency and achieved rate per step (SLO {slo})")
+    fig.tight_layout(rect=(0, 0, 0.77, 1))
+    fig.savefig(path, dpi=DPI)
+    return path

@@ -160,8 +160,10 @@ def results_table(rows: list[dict]) -> tuple:
     return ("table", headers, body, 2)
 
 
-def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tuple[str, str]] = ()) -> list[tuple]:
-    """The summary as blocks, for ``to_markdown`` and ``to_html``."""
+def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tuple[str, str]] = (),
+           first: list[tuple] = ()) -> list[tuple]:
+    """The summary as blocks, for ``to_markdown`` and ``to_html``; ``first`` go right after the title (an answer
+    such as --find-capacity's)."""
     out: list[tuple] = [
         ("h1", f"Load test: {summary['name']}"),
         ("p", f"Test started {summary['started']}, stopped {summary['stopped']}; requests from "
@@ -169,6 +171,7 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
               f"Target {summary.get('host') or 'n/a'}; {summary.get('runner', 'local runner')}; user classes "
               f"{', '.join(summary.get('user_classes', [])) or 'n/a'}; {summary.get('users', '?')} users; "
               f"Locust {summary.get('locust_version', '?')}."),
+        *first,
         ("h2", "Results per operation and mode"),
         ("p", "Percentiles from an HdrHistogram per operation and mode, in milliseconds at microsecond resolution "
               "(Locust's own tables round to whole milliseconds below 100 ms). Failed requests are counted and timed, "

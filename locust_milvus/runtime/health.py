@@ -170,6 +170,8 @@ class Health:
         self.recent.append(window)
         if not window["judged"]:
             return
+        for listener in window_listeners:  # --find-capacity's step figures (capacity/steps.py)
+            listener(window)
         for name, value in (("cpu", window["cpu_pct"]), ("hub_lag", window["hub_lag_ms"]),
                             ("loop_lag", window["loop_lag_ms"])):
             if value is None:
@@ -255,6 +257,8 @@ def _fmt(value: float | None) -> str:
 
 
 health = Health()
+# Called with each judged window of this process (a dict: cpu_pct, hub_lag_ms, loop_lag_ms).
+window_listeners: list = []
 
 # On a master: the latest report of each worker, by client id ({"live", "summary", "setup", "received_s"}).
 workers: dict[str, dict] = {}

@@ -27,21 +27,21 @@ DROP_AFTER_S = 5.0
 NOT_MET_SHARE = 0.01  # late or dropped starts above this share of the planned ones: the target was not met
 
 
-def parse_target_rps(text: str, known: set[str]) -> dict[str, float]:
+def parse_target_rps(text: str, known: set[str], flag: str = "--target-rps") -> dict[str, float]:
     """``"search=200,add=20"`` -> {"search": 200.0, "add": 20.0}; raises ConfigError (one line) on bad input."""
     rates: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in str(text or "").split(","))):
         name, eq, value = item.partition("=")
         name = name.strip().replace("-", "_")
         if not eq or name not in known:
-            raise ConfigError(f"--target-rps {item!r}: use OPERATION=RATE items separated by commas, e.g. "
+            raise ConfigError(f"{flag} {item!r}: use OPERATION=RATE items separated by commas, e.g. "
                               f"'search=200,add=20', with operations among: {', '.join(sorted(known))}")
         try:
             rate = float(value)
         except ValueError:
             rate = -1.0
         if not rate > 0:
-            raise ConfigError(f"--target-rps {item!r}: the rate must be a number of operations per second > 0")
+            raise ConfigError(f"{flag} {item!r}: the rate must be a number of operations per second > 0")
         rates[name] = rates.get(name, 0.0) + rate
     return rates
 
@@ -51,6 +51,20 @@ class Counts:
     started: int = 0
     late: int = 0  # started after its planned time because the user was still busy
     dropped: int = 0  # never started: the user was more than DROP_AFTER_S behind
+
+
+# --find-capacity multiplies every user's rate by the current step's factor (capacity/steps.py sets it when a step
+# begins; 1 otherwise). Read at each planned start, so a new step's rate applies from the next start on.
+_scale = 1.0
+
+
+def set_scale(scale: float) -> None:
+    global _scale
+    _scale = float(scale)
+
+
+def current_scale() -> float:
+    return _scale
 
 
 class Pacer:
@@ -73,13 +87,14 @@ class Pacer:
         if now < self.next:
             gevent.sleep(self.next - now)
             now = time.perf_counter()
+        interval = self.interval / _scale
         behind = now - self.next
         if behind > DROP_AFTER_S:
-            missed = int(behind / self.interval)
+            missed = int(behind / interval)
             for _ in range(missed):
                 _count(self._name(), "dropped")
-            self.next += missed * self.interval
-        planned, self.next = self.next, self.next + self.interval
+            self.next += missed * interval
+        planned, self.next = self.next, self.next + interval
         name = self._name()
         _count(name, "started")
         if self.busy_until > planned:
@@ -114,6 +129,7 @@ def drain() -> dict[str, list[int]]:
 def reset() -> None:
     totals.clear()
     pending.clear()
+    set_scale(1.0)
 
 
 def log_if_not_met(rates: dict[str, float]) -> None:
