@@ -57,6 +57,20 @@ CASES = [
      "nope.pem' cannot be read (No such file or directory)"),
     ("CA file not PEM", ["--host", "https://127.0.0.1:1", "--milvus-ca-file", "{tmp}/bad.conf"], {},
      "holds no PEM certificate"),
+    # --find-capacity: options that cannot make a sweep (exit code 2, as for what Locust's parser refuses)
+    ("capacity without rates", ["--find-capacity", "--check-p99", "50ms"], {},
+     "--find-capacity needs starting rates: add --target-rps"),
+    ("capacity without an SLO", ["--find-capacity", "--target-rps", "search=10"], {},
+     "--find-capacity needs an SLO to judge each step by"),
+    ("capacity step factor of 1", ["--find-capacity", "--target-rps", "search=10", "--check-p99", "50ms",
+                                   "--step-factor", "1"], {}, "argument --step-factor: expected a factor > 1, got 1.0"),
+    ("capacity step shorter than its warm-up", ["--find-capacity", "--target-rps", "search=10", "--check-p99", "50ms",
+                                                "--step-time", "3s", "--step-warmup", "5s"], {},
+     "--step-time 3s leaves less than 2 s after the --step-warmup of 5s to judge"),
+    ("capacity run time too short", ["--find-capacity", "--target-rps", "search=10", "--check-p99", "50ms"], {},
+     "--run-time 5s is too short for two steps of --step-time 30s: give at least --run-time 60s"),
+    ("capacity gate without a sweep", ["--check-capacity", "search=100"], {},
+     "--check-capacity judges the capacity a sweep finds: add --find-capacity"),
     # against the collection with known rows: refused, and its row count unchanged
     ("existing collection without --drop-collection", ["--host", "{milvus}", "--collection", "{existing}", "--dim",
                                                         str(EXISTING_DIM)], {},
@@ -133,6 +147,8 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(request, tmp_path, args
                         "--reports-dir", str(tmp_path / "reports"), *args, env=env, timeout=120)
 
     assert result.returncode != 0, result.output[-3000:]
+    if "--find-capacity" in args or "--check-capacity" in args:
+        assert result.returncode == 2, result.output[-3000:]  # a usage error, as the parser's own
     assert "Traceback" not in result.output, result.output[-3000:]
     lines = [line for line in result.output.splitlines() if phrase in line]
     assert len(lines) == 1, result.output[-3000:]

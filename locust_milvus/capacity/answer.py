@@ -92,7 +92,8 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
         limit = "; ".join(limiting.verdict.reasons) if limiting else "?"
         line = f"capacity: {rates_text(held)} at {slo} (step {best.index} {of}; limited by: {limit})"
     elif sweep.ended == "client":
-        what = "add users (--users)" if limiting.verdict.kind == USERS else "add workers"
+        what = ("add users (-u): each user starts a request every users/rate seconds, so a response slower than "
+                "that delays its next start" if limiting.verdict.kind == USERS else "add workers")
         limit = f"client-bound; {what}"
         at_least = f"; Milvus held at least {rates_text(held)} at {slo}" if best else ""
         line = (f"capacity: not found: {limit} (step {limiting.index} {of}: "

@@ -74,7 +74,9 @@ def fit(concurrency: list[float], rps: list[float]) -> Fit | None:
     rmse = float(math.sqrt(np.mean(residuals ** 2)))
     total = float(np.sum((x - np.mean(x)) ** 2))
     r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else 1.0
-    if kappa > 1e-12:
+    # A peak only when coherency is told apart from zero (above one standard error): a straight line fits with a
+    # kappa of 1e-10 and a "peak" at 100,000 requests in flight that says nothing.
+    if kappa > 1e-9 and kappa > errors[2]:
         peak_n = math.sqrt(max(1.0 - sigma, 0.0) / kappa)
         peak_x = float(throughput(peak_n, lam, sigma, kappa))
     else:

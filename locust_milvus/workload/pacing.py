@@ -56,11 +56,13 @@ class Counts:
 # --find-capacity multiplies every user's rate by the current step's factor (capacity/steps.py sets it when a step
 # begins; 1 otherwise). Read at each planned start, so a new step's rate applies from the next start on.
 _scale = 1.0
+_step = 0  # counts set_scale calls: a user that sees it change starts its schedule afresh
 
 
 def set_scale(scale: float) -> None:
-    global _scale
+    global _scale, _step
     _scale = float(scale)
+    _step += 1
 
 
 def current_scale() -> float:
@@ -78,12 +80,18 @@ class Pacer:
         self.rng = rng
         self.next = time.perf_counter() + rng.random() * self.interval  # spread the users' phases
         self.busy_until = 0.0  # when this user's previous operation ended
+        self.step = _step
 
     def _name(self) -> str:
         return self.rng.choices(self.names, cum_weights=self.cum_weights)[0]
 
     def wait(self) -> tuple[str, float]:
         now = time.perf_counter()
+        if self.step != _step:
+            # A new --find-capacity step: the starts this user still owed the previous step (it was late) are not
+            # carried into the new one, where they would start as a burst and be judged as its load.
+            self.step = _step
+            self.next = max(self.next, now)
         if now < self.next:
             gevent.sleep(self.next - now)
             now = time.perf_counter()
