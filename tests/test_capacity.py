@@ -188,7 +188,8 @@ def test_a_sweep_finds_a_capacity_that_holds_at_0_6x_and_breaks_at_2_5x(milvus, 
     verdicts = [s["verdict"] for s in c["steps"]]
     assert verdicts[0] == "pass" and "server" in verdicts and len(verdicts) == int(of)
     for s in c["steps"]:  # each step: planned and achieved rates, both latencies, fail ratio, generator health
-        assert s["achieved_rps"]["search"] == pytest.approx(s["planned_rps"]["search"], rel=0.25) or s["verdict"] != "pass"
+        if s["verdict"] == "pass":
+            assert s["achieved_rps"]["search"] == pytest.approx(s["planned_rps"]["search"], rel=0.25)
         [op] = s["operations"]
         assert op["corrected_p99_ms"] >= op["p99_ms"] > 0 and op["fail_ratio"] == 0.0
         assert s["generator_health"]["processes"] == 1 and s["generator_health"]["cpu_pct_max"] is not None
