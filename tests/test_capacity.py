@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from locust_milvus.capacity import steps, usl
-from locust_milvus.capacity.plan import CLIENT, PASS, SERVER, USERS, Sweep, UsageError, Verdict, check, judge
+from locust_milvus.capacity.plan import CLIENT, MAX_STEPS, PASS, SERVER, USERS, Sweep, UsageError, Verdict, check, judge
 from locust_milvus.report import gates
 
 from .conftest import LOCUSTFILE, ROOT, run_locust
@@ -79,6 +79,8 @@ def test_a_sweep_ends_without_capacity_on_the_client_side_the_first_step_or_time
     first = Sweep(plan())
     assert _run(first, limit=0.5) == [1.0]
     assert first.ended == "first" and first.good is None
+    endless = Sweep(plan())
+    assert len(_run(endless, limit=math.inf)) == MAX_STEPS and endless.ended == "time"
     timed = Sweep(plan())
     timed.next_step()
     timed.record(Verdict(PASS, []))

@@ -4,6 +4,7 @@ stopped and started again in the same process."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -103,3 +104,43 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
         (tmp_path / "worker.log").read_text() if distributed else "")
     assert "Traceback" not in output and "already exists" not in output
     assert "s3cret-token" not in output
+
+
+def test_web_ui_capacity_checkbox_runs_a_sweep_that_stops_its_test(milvus, collection, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "locust.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-host", "127.0.0.1",
+                             "--web-port", str(port), "--host", milvus.uri, "--collection", collection,
+                             "--prepopulate", "100", "--reports-dir", str(tmp_path / "reports")],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = get(base + "/")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
+                time.sleep(0.5)
+        # the checkbox: a boolean option of the start form (Locust draws a check box for a bool default)
+        assert re.search(r'"find_capacity": \{[^}]*"default_value": false', page), page[-3000:]
+        # An SLO no step can meet: the sweep ends after its first step, and stops the test by itself.
+        form = {"user_count": 4, "spawn_rate": 4, "host": milvus.uri, "find_capacity": "true",
+                "target_rps": "search=20", "check_p99": "search=1us", "step_time": "4", "step_warmup": "1"}
+        assert post(f"{base}/swarm", form)["success"]
+        while "capacity: not found" not in (tmp_path / "locust.log").read_text():
+            assert time.monotonic() < deadline + 60, (tmp_path / "locust.log").read_text()[-3000:]
+            time.sleep(0.5)
+        while json.loads(get(base + "/stats/requests"))["state"] != "stopped":
+            assert time.monotonic() < deadline + 90, "the sweep did not stop its test"
+            time.sleep(0.5)
+        time.sleep(1)
+        [folder] = list((tmp_path / "reports").iterdir())
+        capacity = json.loads((folder / "summary.json").read_text())["capacity"]
+        assert capacity["ended"] == "first" and len(capacity["steps"]) == 1
+        assert capacity["steps"][0]["planned_rps"] == {"search": 20.0}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert "Traceback" not in (tmp_path / "locust.log").read_text()

@@ -184,6 +184,9 @@ class Sweep:
             return None
         if self.steps and self.steps[-1].verdict is None:
             raise RuntimeError("the previous step has no verdict yet")
+        if len(self.steps) >= MAX_STEPS:  # a web UI sweep has no --run-time to end it
+            self.out_of_time()
+            return None
         if self.bad is None:
             scale = 1.0 if not self.steps else self.steps[-1].scale * self.plan.factor
             phase = "ramp"
