@@ -53,9 +53,9 @@ def current_state() -> RunState | None:
     return _state
 
 
-def _fatal(message: str) -> None:
+def _fatal(message: str, code: int = 1) -> None:
     logger.error("locust-milvus: %s", message)
-    raise SystemExit(1)
+    raise SystemExit(code)
 
 
 def on_init(environment, runner=None) -> None:
@@ -79,7 +79,7 @@ def on_init(environment, runner=None) -> None:
         _check_own_users(environment.user_classes, settings)
         _source(settings)
     except ConfigError as e:
-        _fatal(str(e))
+        _fatal(str(e), e.exit_code)
     if not environment.host:
         _start_embedded(environment, options.get("embedded_data") or None)
     if options.headless:
@@ -87,7 +87,7 @@ def on_init(environment, runner=None) -> None:
         try:
             _prepared = _prepare(settings_from(environment))
         except ConfigError as e:
-            _fatal(str(e))
+            _fatal(str(e), e.exit_code)
         except Exception as e:  # noqa: BLE001 - a Milvus error during set-up: one line, no traceback soup
             _fatal(f"set-up failed: {one_line(e)}")
 

@@ -13,7 +13,8 @@ import uuid
 import pytest
 
 from locust_milvus.capacity import steps, usl
-from locust_milvus.capacity.plan import CLIENT, MAX_STEPS, PASS, SERVER, USERS, Sweep, UsageError, Verdict, check, judge
+from locust_milvus.capacity.plan import CLIENT, MAX_STEPS, PASS, SERVER, USERS, Sweep, Verdict, check, judge
+from locust_milvus.config.settings import UsageError
 from locust_milvus.report import gates
 
 from .conftest import LOCUSTFILE, ROOT, run_locust

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import gevent
 
 from locust_milvus.capacity import answer, steps
-from locust_milvus.capacity.plan import CapacityPlan, Step, Sweep, UsageError, judge
+from locust_milvus.capacity.plan import CapacityPlan, Step, Sweep, judge
 from locust_milvus.capacity.plan import check as check_plan
 from locust_milvus.config.load import RunOptions, run_options
-from locust_milvus.config.settings import ConfigError
+from locust_milvus.config.settings import ConfigError, UsageError
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.workload.operations import TABLE
 from locust_milvus.workload.pacing import parse_target_rps
@@ -104,7 +104,7 @@ class Driver:
             plan_from(o, parse_gates(o, environment.user_classes), isinstance(runner, MasterRunner))
         except ConfigError as e:
             logger.error("locust-milvus: %s", e)
-            raise SystemExit(getattr(e, "exit_code", 1)) from None
+            raise SystemExit(e.exit_code) from None
 
     def on_test_start(self, environment, **_kwargs) -> None:
         runner = environment.runner

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from locust_milvus.config.settings import ConfigError
+from locust_milvus.config.settings import UsageError
 from locust_milvus.report import gates as gates_mod
 
 # Verdict kinds of a step.
@@ -29,12 +29,6 @@ MAX_STEPS = 30
 # A step's judged part lasts at least this long: fewer seconds say little about a p99.
 MIN_JUDGED_S = 2.0
 SLO_METRICS = (*gates_mod.LATENCY_METRICS, "fail_ratio")
-
-
-class UsageError(ConfigError):
-    """Options that contradict each other: refused before any load, exit code 2 (as Locust's parser does)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

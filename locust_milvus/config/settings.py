@@ -14,7 +14,18 @@ from locust_milvus.config.secrets import redact_uri
 
 
 class ConfigError(ValueError):
-    """A bad option value; its message is one line saying what is wrong and how to fix it."""
+    """A bad option value; its message is one line saying what is wrong and how to fix it. Refused at start with
+    exit code 1 (a set-up error)."""
+
+    exit_code = 1
+
+
+class UsageError(ConfigError):
+    """Options that contradict each other, or that the target cannot serve (``--find-capacity`` without rates,
+    ``--bm25`` on a server too old for it): refused before any load with exit code 2, as Locust's parser refuses
+    what it cannot read."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,19 @@ def _vector_dim(client: MilvusClient, collection: str, vector_field: str) -> int
                       "--vector-field (and --text-field, --primary-field if they differ from LangChain's)")
 
 
+# The target's version as the server reports it (``get_server_version``: "v2.3.5", "milvus_lite-3.2.2", ...), read
+# once at set-up on the master or local runner, logged, and kept for the report (None until read, or if refused).
+server_version: str | None = None
+
+
+def read_server_version(client: MilvusClient, timeout: float) -> str | None:
+    """The server's version string, or None when it will not say (an old or proxied server): never fatal."""
+    try:
+        return str(client.get_server_version(timeout=timeout)).strip() or None
+    except Exception:  # noqa: BLE001 - the version is for the record; set-up goes on without it
+        return None
+
+
 def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = False,
                        source: DocSource | None = None) -> list[str]:
     """Check the target and (re)create the collection, then pre-populate it; run once per test.
@@ -221,6 +234,9 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         exists = client.has_collection(settings.collection, timeout=settings.timeout)
     except Exception as exc:  # noqa: BLE001 - any failure here means the target is unusable
         raise connect_error(settings, exc) from None
+    global server_version
+    server_version = read_server_version(client, settings.timeout)
+    logger.info("locust-milvus: Milvus at %s reports version %s", where, server_version or "(not given)")
     try:
         existing = _vector_dim(client, settings.collection, settings.vector_field) if exists else None
         replace = exists and not settings.existing_collection and (settings.drop_collection or owned_here)

@@ -73,9 +73,9 @@ _gate_failed = False
 _environment = None  # spawning_complete does not pass it
 
 
-def _fatal(message: str) -> None:
+def _fatal(message: str, code: int = 1) -> None:
     logger.error("locust-milvus: %s", message)
-    raise SystemExit(1)
+    raise SystemExit(code)
 
 
 def parse_gates(options: RunOptions, user_classes=()) -> list[gates.Gate]:
@@ -102,7 +102,7 @@ def on_init(environment, runner=None) -> None:
         report_folder.check_reports_dir(o.get("reports_dir", ""))
         server_metrics.check_url(o.get("milvus_metrics_url", ""))
     except ConfigError as e:
-        _fatal(str(e))
+        _fatal(str(e), e.exit_code)
 
 
 def on_report_to_master(client_id, data: dict, **_kwargs) -> None:
