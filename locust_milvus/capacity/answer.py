@@ -119,15 +119,17 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
         "factor": plan.factor, "step_time_s": plan.step_s, "warmup_s": plan.warmup_s,
         "latency_limits": [{"what": " ".join(filter(None, (g.name, g.metric))), "ms": g.threshold}
                            for g in plan.slo if g.metric != "fail_ratio"],
-        "steps": [_step_record(s) for s in judged],
+        "steps": [_step_record(plan, s) for s in judged],
         "usl": fit,
     }
 
 
-def _step_record(step: Step) -> dict:
+def _step_record(plan: CapacityPlan, step: Step) -> dict:
     f = step.figures
     return {
         "index": step.index, "phase": step.phase, "scale": round(step.scale, 6),
+        "started_s": step.started_s, "judged_from_s": step.started_s and step.started_s + plan.warmup_s,
+        "judged_to_s": step.started_s and step.started_s + plan.step_s,
         "planned_rps": {k: round(v, 3) for k, v in f["planned"].items()},
         "achieved_rps": {k: round(v, 3) for k, v in f["achieved"].items()},
         "offered_rps": round(f["offered_rps"], 3), "throughput_rps": round(f["throughput_rps"], 3),

@@ -177,6 +177,7 @@ class Driver:
             expected = ({cid for cid, w in runner.clients.items() if w.state != STATE_MISSING} if master
                         else {"local"})
             collected = self.collected[step.index] = _Collected()
+            step.started_s = time.time()
             runner.send_message(steps.MESSAGE, {"index": step.index, "scale": step.scale,
                                                 "warmup_s": plan.warmup_s, "judged_s": plan.judged_s})
             gevent.sleep(plan.step_s)

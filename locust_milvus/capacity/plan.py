@@ -159,6 +159,7 @@ class Step:
     scale: float  # the rates of step 1 times this
     verdict: Verdict | None = None
     figures: dict = field(default_factory=dict)  # what the report shows of it (driver.py)
+    started_s: float | None = None  # wall-clock time the step began (its judged part starts a warm-up later)
 
 
 class Sweep:
