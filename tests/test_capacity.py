@@ -110,6 +110,9 @@ def test_each_verdict_names_who_limited_the_step():
     # Slow only from the planned start, with late starts: the users were too few, not Milvus too slow.
     users = verdict(_rows(300), _rows(20), pacing={"search": [1000, 80, 0]})
     assert users.kind == USERS and "80 of 1000 starts late" in users.as_text()
+    # Slow only from the planned start with every user free: the process woke its users late (hub or loop lag).
+    woke_late = verdict(_rows(70), _rows(20))
+    assert woke_late.kind == CLIENT and "started requests late" in woke_late.as_text()
     # A saturated generator wins over everything: its latencies include waiting on the client.
     client = verdict(_rows(300), _rows(200), saturation="pid 1: CPU over 90 % for 5 of 5 s")
     assert client.kind == CLIENT and client.as_text().startswith("client-bound: pid 1: CPU")

@@ -128,15 +128,19 @@ def judge(plan: CapacityPlan, *, corrected_rows: list[dict], service_rows: list[
     if on_service:  # Milvus itself answered too slowly (or failed): the server's limit
         return Verdict(SERVER, [_reason(o, achieved) for o in on_service])
     late = {name: c for name, c in pacing.items() if c[0] + c[2] and (c[1] + c[2]) / (c[0] + c[2]) > NOT_MET_SHARE}
-    if on_corrected or late:
+    reasons = [f"{_reason(o, achieved)} from the planned start, within the SLO as service time" for o in on_corrected]
+    if late:
         # Milvus answered within the SLO, yet requests started late: each user starts one request every
         # users / rate seconds, and a user still busy with a slow response starts its next one late. The run had
         # too few users for this rate and this tail latency: the generator's limit, not Milvus's.
-        reasons = [f"{_reason(o, achieved)} from the planned start, within the SLO as service time"
-                   for o in on_corrected]
         reasons += [f"{name}: {c[1] + c[2]} of {c[0] + c[2]} starts late or dropped (their user was still busy "
                     "with its previous request)" for name, c in sorted(late.items())]
         return Verdict(USERS, ["client-bound (users): " + "; ".join(reasons)])
+    if on_corrected:
+        # Slow only from the planned start, yet no user was busy: the requests started late because the process
+        # woke its users late (gevent hub or asyncio loop lag), short of the sustained saturation above.
+        return Verdict(CLIENT, ["client-bound: " + "; ".join(reasons) + "; the generator started requests late "
+                                "(gevent hub or asyncio loop lag), with users free"])
     return Verdict(PASS, [])
 
 
