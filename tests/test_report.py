@@ -24,7 +24,7 @@ from locust_milvus.config.secrets import redacted_options as redacted_config
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import gates
 from locust_milvus.report.histograms import Recorder, decode, merge_into, new_histogram, percentiles_ms
-from locust_milvus.report.summary import build
+from locust_milvus.report.summary import build, sig3
 
 from .conftest import LOCUSTFILE, ROOT, child_env, run_locust
 
@@ -111,9 +111,21 @@ def test_report_folder_holds_every_file_with_honest_figures(both_modes):
     assert any("CHECK PASSED: p99 of search (async) " in line for line in passed)
     assert len(summary["checks"]) == 14 and all(c["passed"] for c in summary["checks"])
 
-    # Sync and async side by side, plots embedded in the HTML.
+    # The answer first, both modes in one table (no second table of the same numbers), plots embedded in the HTML.
     md = (folder / "summary.md").read_text()
-    assert "## Sync versus async" in md and "| search | async / sync |" in md
+    assert md.index("## The answer") < md.index("## What was tested") < md.index("## Results per operation")
+    assert "## Sync versus async" not in md
+    assert re.search(r"\| search \| sync \| [\d.,]+ \| [\d.]+ \| ([\d.]+|n/a \(<100\)) \| 0 \|", md), md[:3000]
+    assert re.search(r"\| search \| async \| [\d.,]+ \| [\d.]+ \| ([\d.]+|n/a \(<100\)) \| 0 \|", md), md[:3000]
+    # What was tested: versions (the server's own, read at set-up) and the workload.
+    v = summary["versions"]
+    assert v["milvus_server"].startswith("v2.3.5") and v["pymilvus"] and v["langchain_milvus"] and v["langchain_core"]
+    assert v["locust"] and v["python"].count(".") == 2
+    w = summary["workload"]
+    assert w["consistency_level"] == "Session" and w["index_type"] == "AUTOINDEX" and w["metric"] == "L2"
+    assert w["dim"] == 128 and w["top_k"] == 3 and w["embedding"] == "fake" and w["mix"]["search"] > 0
+    assert w["rows_at_start"] is not None and w["rows_at_end"] is not None
+    assert w["user_classes"] == ["AsyncMilvusUser", "SyncMilvusUser"] and w["users"] == 4
     html = (folder / "summary.html").read_text()
     assert html.count("src='data:image/png;base64,") == 2
 
@@ -173,7 +185,11 @@ def test_compare_puts_two_runs_side_by_side(both_modes, distributed_failing_gate
                  and r["mode"] == "async")
     row_b = next(r for r in json.loads((b / "summary.json").read_text())["rows"] if r["name"] == "search"
                  and r["mode"] == "async")
-    assert f"| search (async) | {a.name} | {row_a['count']} | 0 | {row_a['rps']:.1f} | {row_a['p50_ms']:.3f} |" in md
+    assert (f"| search (async) | {a.name} | {row_a['count']:,} | 0 | {sig3(row_a['rps'])} | {sig3(row_a['p50_ms'])} |"
+            in md), md[:3000]
+    # what each run tested, side by side: the server's version and the workload
+    assert re.search(r"\| milvus-server \| v2\.3\.5\S* \| v2\.3\.5\S* \|", md), md[:3000]
+    assert re.search(r"\| user classes \| .*SyncMilvusUser.* \| .*AsyncMilvusUser.* \|", md), md[:3000]
     assert f"| search (async) | {b.name} | {row_b['count']} |" in md
     assert f"| search (async) | {b.name} / {a.name} | {row_b['count'] / row_a['count']:.2f}x |" in md
     assert f"| search (sync) | {b.name} | 0 |" in md  # b ran async users only: shown, not hidden

@@ -88,3 +88,20 @@ def verify(settings: Settings, ledger: IdLedger) -> Verdict:
     verdict.missing = [i for i in ids if states[i] == PRESENT and not found[i]]
     verdict.resurrected = [i for i in ids if states[i] == DELETED and found[i]]
     return verdict
+
+
+def count_rows(settings: Settings, timeout: float = 5.0) -> int | None:
+    """The collection's row count (count(*) at Strong consistency), for the report's workload; None when Milvus
+    does not answer within ``timeout`` (after an outage, say): the report goes on without it."""
+    try:
+        client = MilvusClient(**connection_args(settings), timeout=timeout)
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        [counted] = client.query(settings.collection, filter="", output_fields=["count(*)"],
+                                 consistency_level="Strong", timeout=timeout)
+        return int(counted["count(*)"])
+    except Exception:  # noqa: BLE001 - for the record only
+        return None
+    finally:
+        client.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import plots
-from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS, ms, write
+from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS, ms, sig3, write
 
 _HEADERS = ["operation", "side", "requests", "failures", "RPS",
             *(f"{PERCENTILE_LABELS[k]} ms" for k in PERCENTILE_KEYS.values())]
@@ -31,13 +31,28 @@ def side_by_side(groups: list[str], left: tuple[str, dict[str, dict]], right: tu
             if row is None:
                 body.append([group, label, "0", "", "", *([""] * len(PERCENTILE_KEYS))])
             else:
-                body.append([group, label, str(row["count"]), str(row["failures"]), f"{row['rps']:.1f}",
+                body.append([group, label, f"{row['count']:,}", f"{row['failures']:,}", sig3(row["rps"]),
                              *(ms(row[f"{k}_ms"]) for k in PERCENTILE_KEYS.values())])
         if a is not None and b is not None:
             body.append([group, f"{right_label} / {left_label}", _ratio(a["count"], b["count"]), "",
                          _ratio(a["rps"], b["rps"]),
                          *(_ratio(a[f"{k}_ms"], b[f"{k}_ms"]) for k in PERCENTILE_KEYS.values())])
     return ("table", _HEADERS, body, 2)
+
+
+def tested_side_by_side(a: dict, b: dict, label_a: str, label_b: str) -> tuple | None:
+    """A table block of what each run tested (summary.json's ``versions`` and ``workload``), differences marked."""
+    body = []
+    for section in ("versions", "workload"):
+        left, right = a.get(section) or {}, b.get(section) or {}
+        for key in dict.fromkeys([*left, *right]):
+            va, vb = left.get(key), right.get(key)
+            if va in (None, "", {}, []) and vb in (None, "", {}, []):
+                continue
+            shown = [v if isinstance(v, str) else json.dumps(v) for v in (va, vb)]
+            body.append([key.replace("_", "-") if section == "versions" else key.replace("_", " "), *shown,
+                         "" if va == vb else "differs"])
+    return ("table", ["what", label_a, label_b, ""], body, 4) if body else None
 
 
 def sync_vs_async(summary: dict) -> tuple[list[str], dict[str, dict[str, dict]]] | None:
@@ -95,6 +110,8 @@ def compare_folders(dir_a: Path, dir_b: Path, out: Path | None = None) -> list[P
         ("p", f"Per operation and mode, each run's figures and their ratio ({label_b} / {label_a}); percentiles in "
               "milliseconds from each run's HdrHistogram."),
         side_by_side(groups, (label_a, rows_a), (label_b, rows_b)),
+        *([("h2", "What each run tested"), tested] if (tested := tested_side_by_side(a, b, label_a, label_b))
+          else []),
         ("h2", "Plots"),
         ("img", "compare_latency.png", "latency percentiles per operation"),
         ("img", "compare_throughput.png", "throughput over time"),

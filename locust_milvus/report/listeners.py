@@ -30,11 +30,11 @@ import gevent
 
 from locust_milvus.capacity import answer as capacity_answer
 from locust_milvus.capacity.driver import driver as capacity
-from locust_milvus.config.load import RunOptions, run_options
+from locust_milvus.config.load import RunOptions, run_options, settings_from
 from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
+from locust_milvus.report import describe, findings, gates, plots, server_metrics, summary
 from locust_milvus.report import folder as report_folder
-from locust_milvus.report import gates, plots, server_metrics, summary
 from locust_milvus.report.histograms import Recorder
 from locust_milvus.workload.base import request_names
 from locust_milvus.workload.operations import TABLE
@@ -66,6 +66,8 @@ class _Test:
     workers: int = 0  # on a master, the workers when the test started (they are gone by quitting)
     scraper: server_metrics.Scraper | None = None  # Milvus's own metrics, when scraped
     options: RunOptions = RunOptions({})  # as they were when the test started
+    rows_at_start: int | None = None  # the collection's rows after set-up and at the end (describe.workload)
+    rows_at_end: int | None = None
 
 
 _test: _Test | None = None
@@ -155,11 +157,28 @@ def on_test_start(environment, **_kwargs) -> None:
     logger.info("locust-milvus: this test's report folder is %s", test.folder)
 
 
+def _count_rows(environment) -> int | None:
+    from locust_milvus.milvus.verify import count_rows  # imports pymilvus: only once a test runs
+
+    try:
+        return count_rows(settings_from(environment))
+    except ConfigError:
+        return None
+
+
+def after_setup(environment, **_kwargs) -> None:
+    """A test_start listener after lifecycle's set-up: the collection's rows before any load, for the workload."""
+    test = _test
+    if not isinstance(environment.runner, WorkerRunner) and test is not None and not test.written:
+        test.rows_at_start = _count_rows(environment)
+
+
 def on_test_stop(environment, **_kwargs) -> None:
     test = _test
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written:
         return
     test.stopped_s = time.time()
+    test.rows_at_end = _count_rows(environment)  # users have stopped: the collection as the test left it
     if test.scraper is not None:
         # Now, before lifecycle's test_stop (--verify queries the collection): users have stopped, and on a master
         # the workers too (Locust fires test_stop once they report no users).
@@ -206,6 +225,10 @@ def _write(environment, test: _Test) -> None:
     data = summary.build(recorder, name=test.name, started_s=test.started_s,
                          stopped_s=test.stopped_s or time.time(), config=o.redacted(environment.host),
                          meta=_meta(environment, test))
+    store = sys.modules.get("locust_milvus.milvus.store")  # loaded by set-up; None if set-up never ran
+    data["versions"] = describe.versions(getattr(store, "server_version", None))
+    data["workload"] = describe.workload(o, test.rows_at_start, test.rows_at_end)
+    data["workload"]["user_classes"] = data["user_classes"]
     if test.scraper is not None:
         test.scraper.finish()  # a web UI test restarted before it stopped
         data["server_side"] = test.scraper.result(data["rows"])
@@ -221,6 +244,7 @@ def _write(environment, test: _Test) -> None:
             logger.error("locust-milvus: %s", e)
             outcomes = []
     data["checks"] = [outcome.as_dict() for outcome in outcomes]
+    data["findings"] = findings.find(data)  # last: the rules read the checks, server side and health above
     for outcome in outcomes:
         (logger.info if outcome.passed else logger.error)(outcome.line)
     _gate_failed = _gate_failed or not all(outcome.passed for outcome in outcomes)

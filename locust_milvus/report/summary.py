@@ -144,38 +144,142 @@ def _timeline(recorder: Recorder) -> dict:
 
 
 # --- rendering: one list of blocks, two formats --------------------------------------------------------------------
-# A block is ("h1" | "h2" | "p", text), ("list", [text]), ("table", headers, rows, right_aligned_from) or
-# ("img", file name, alt text).
+# A block is ("h1" | "h2" | "p", text), ("list", [text]) (code-like lines), ("ul", [text]) (prose),
+# ("table", headers, rows, right_aligned_from), ("img", file name, alt text) or ("details", summary, [blocks])
+# (folded away in the HTML).
+
+
+def sig3(value: float | None) -> str:
+    """A figure with 3 significant digits (12.3, 0.412, 368), whole and thousands-separated from 1,000 up."""
+    if value is None:
+        return ""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{float(f'{value:.3g}'):g}"
 
 
 def ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
+    return sig3(value)
+
+
+# A percentile is shown only when the sample count supports it: p99 needs at least 100 requests (one beyond it),
+# p99.9 1,000, and so on; below that it would be the maximum under another name.
+MIN_SAMPLES = {key: int(round(1 / (1 - p / 100.0))) for p, key in PERCENTILE_KEYS.items()}
+
+
+def supported(row: dict, key: str) -> bool:
+    """Does the row's request count support percentile ``key`` ("p999", ...)?"""
+    return row.get("count", 0) >= MIN_SAMPLES[key]
+
+
+def pct_cell(row: dict, key: str, prefix: str = "") -> str:
+    value = row.get(f"{prefix}{key}_ms")
+    if value is None:
+        return ""
+    return ms(value) if supported(row, key) else f"n/a (<{MIN_SAMPLES[key]:,})"
 
 
 def results_table(rows: list[dict]) -> tuple:
     headers = ["operation", "mode", "requests", "failures", "fail ratio", "RPS",
                *(f"{PERCENTILE_LABELS[k]} ms" for k in PERCENTILE_KEYS.values()), "max ms"]
-    body = [[r["name"], r["mode"], str(r["count"]), str(r["failures"]), f"{r['fail_ratio']:.4f}", f"{r['rps']:.1f}",
-             *(ms(r[f"{k}_ms"]) for k in PERCENTILE_KEYS.values()), ms(r["max_ms"])] for r in rows]
+    body = [[r["name"], r["mode"], f"{r['count']:,}", f"{r['failures']:,}", sig3(r["fail_ratio"]), sig3(r["rps"]),
+             *(pct_cell(r, k) for k in PERCENTILE_KEYS.values()), ms(r["max_ms"])] for r in rows]
     return ("table", headers, body, 2)
+
+
+def headline_blocks(summary: dict) -> list[tuple]:
+    """The answer first: throughput, latency per operation and mode, the verdicts, the generator's health and the
+    findings that matter most."""
+    rows = summary["rows"]
+    total = sum(r["count"] for r in rows)
+    failed = sum(r["failures"] for r in rows)
+    span = summary.get("duration_s") or 0
+    parts = [f"{total:,} requests in {sig3(span)} s, {sig3(total / span) if span else '0'} per second; "
+             f"{failed:,} failed ({sig3(failed / total * 100) if total else '0'} %)."]
+    checks = summary.get("checks") or []
+    if checks:
+        bad = [c for c in checks if not c["passed"]]
+        parts.append(f"Checks: all {len(checks)} passed." if not bad else f"Checks: {len(bad)} of {len(checks)} "
+                     "FAILED.")
+    health = summary.get("generator_health")
+    if health:
+        parts.append("Load generator: SATURATED, the client limited part of the test (below)." if health["saturated"]
+                     else "Load generator: ok, not the bottleneck.")
+    out: list[tuple] = [("h2", "The answer"), ("p", " ".join(parts))]
+    if summary.get("capacity"):
+        out.append(("p", summary["capacity"]["line"]))
+    if rows:
+        out.append(("table", ["operation", "mode", "requests/s", "p50 ms", "p99 ms", "failures"],
+                    [[r["name"], r["mode"], sig3(r["rps"]), pct_cell(r, "p50"), pct_cell(r, "p99"),
+                      f"{r['failures']:,}"] for r in rows], 2))
+    if checks:
+        out.append(("list", [c["line"] for c in checks if not c["passed"]] or ["every check passed"]))
+    top = (summary.get("findings") or [])[:2]
+    if top:
+        out.append(("p", "What matters most here:"))
+        out.append(("ul", [f"{f['severity'].upper()}: {f['text']}" for f in top]))
+    return out
+
+
+def tested_blocks(summary: dict) -> list[tuple]:
+    """What was tested: the software's versions and the workload (report/describe.py)."""
+    versions, workload = summary.get("versions"), summary.get("workload")
+    if not versions and not workload:
+        return []
+    out: list[tuple] = [("h2", "What was tested")]
+    if versions:
+        out.append(("p", "Versions: " + ", ".join(f"{k.replace('_', '-')} {v or '?'}" for k, v in versions.items())
+                    + "."))
+    if workload:
+        shown = {k: v for k, v in workload.items() if v not in (None, "", False, [], {})}
+        out.append(("table", ["workload", "value"],
+                    [[k.replace("_", " "), json.dumps(v) if not isinstance(v, str) else v] for k, v in shown.items()],
+                    2))
+    return out
+
+
+def findings_blocks(summary: dict) -> list[tuple]:
+    items = summary.get("findings") or []
+    if not items:
+        return []
+    return [("h2", "Findings: what the figures mean"),
+            ("p", "Each finding is read from this test's own figures (the evidence is in summary.json, findings)."),
+            ("ul", [f"{f['severity'].upper()} ({f['kind'].replace('_', ' ')}): {f['text']}" for f in items])]
+
+
+# Options that describe Locust's process rather than the test: folded away in the configuration table.
+_LOCUST_INTERNALS = {"web_host", "web_port", "web_login", "web_base_path", "tls_cert", "tls_key", "master_host",
+                     "master_port", "master_bind_host", "master_bind_port", "heartbeat_liveness", "heartbeat_interval",
+                     "expect_workers_max_wait", "reset_stats", "html_file", "json", "json_file", "csv_prefix",
+                     "csv_full_history", "print_stats", "only_summary", "show_task_ratio", "show_task_ratio_json",
+                     "skip_log_setup", "loglevel", "logfile", "exit_code_on_error", "locustfile", "config",
+                     "legacy_ui", "processes", "autostart", "autoquit", "stats_history_enabled", "profile",
+                     "class_picker", "modern_ui", "list_commands", "equal_weights", "enable_rebalancing",
+                     "locust_milvus_total_users", "headful", "stop_timeout", "worker", "master", "headless",
+                     "expect_workers", "parsed_locustfiles", "reports_dir", "report_name", "web_auth",
+                     "web_host_display_name"}
 
 
 def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tuple[str, str]] = (),
            first: list[tuple] = ()) -> list[tuple]:
-    """The summary as blocks, for ``to_markdown`` and ``to_html``; ``first`` go right after the title (an answer
-    such as --find-capacity's)."""
-    out: list[tuple] = [
-        ("h1", f"Load test: {summary['name']}"),
-        ("p", f"Test started {summary['started']}, stopped {summary['stopped']}; requests from "
-              f"{summary['first_request']} to {summary['last_request']} ({summary['duration_s']} s). "
-              f"Target {summary.get('host') or 'n/a'}; {summary.get('runner', 'local runner')}; user classes "
-              f"{', '.join(summary.get('user_classes', [])) or 'n/a'}; {summary.get('users', '?')} users; "
-              f"Locust {summary.get('locust_version', '?')}."),
-        *first,
+    """The summary as blocks, for ``to_markdown`` and ``to_html``: the answer first, then what was tested, the
+    findings, and the details; ``first`` go right after the answer (--find-capacity's section). ``comparison`` is
+    accepted for callers that still pass it; the results table already holds both modes' figures."""
+    out: list[tuple] = [("h1", f"Load test: {summary['name']}")]
+    out += headline_blocks(summary)
+    out += list(first)
+    out += tested_blocks(summary)
+    out += findings_blocks(summary)
+    out += [
         ("h2", "Results per operation and mode"),
-        ("p", "Percentiles from an HdrHistogram per operation and mode, in milliseconds at microsecond resolution "
-              "(Locust's own tables round to whole milliseconds below 100 ms). Failed requests are counted and timed, "
-              "as in Locust's statistics. RPS is requests over the span from the first to the last request."),
+        ("p", f"Test started {summary['started']}, stopped {summary['stopped']}; requests from "
+              f"{summary['first_request']} to {summary['last_request']} ({sig3(summary['duration_s'])} s). "
+              f"Target {summary.get('host') or 'n/a'}; {summary.get('runner', 'local runner')}; user classes "
+              f"{', '.join(summary.get('user_classes', [])) or 'n/a'}; {summary.get('users', '?')} users. "
+              "Percentiles from an HdrHistogram per operation and mode, in milliseconds (3 significant digits; "
+              "Locust's own tables round to whole milliseconds below 100 ms); a percentile is shown only from "
+              "1/(1-p) requests up (p99: 100, p99.9: 1,000), n/a below. Failed requests are counted and timed, as "
+              "in Locust's statistics. RPS is requests over the span from the first to the last request."),
         results_table(summary["rows"]) if summary["rows"] else ("p", "No requests were recorded."),
     ]
     corrected = [r for r in summary["rows"] if r.get("corrected_p50_ms") is not None]
@@ -189,8 +293,9 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
         if corrected:
             out.append(("table", ["operation", "mode", "p50 service", "p50 from planned start", "p99 service",
                                   "p99 from planned start", "max from planned start"],
-                        [[r["name"], r["mode"], ms(r["p50_ms"]), ms(r["corrected_p50_ms"]), ms(r["p99_ms"]),
-                          ms(r["corrected_p99_ms"]), ms(r["corrected_max_ms"])] for r in corrected], 2))
+                        [[r["name"], r["mode"], pct_cell(r, "p50"), pct_cell(r, "p50", "corrected_"),
+                          pct_cell(r, "p99"), pct_cell(r, "p99", "corrected_"), ms(r["corrected_max_ms"])]
+                         for r in corrected], 2))
         if summary.get("pacing"):
             out.append(("table", ["operation", "target/s", "achieved/s", "planned", "late", "dropped", "met"],
                         [[p["name"], f"{p['target_rps']:g}" if p["target_rps"] else "?", f"{p['achieved_rps']:.1f}",
@@ -209,11 +314,6 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
                 ("table", ["operation", "mode", "searches judged", "mean recall", "lowest"],
                  [[r["name"], r["mode"], str(r["recall_samples"]), f"{r['recall_mean']:.4f}", f"{r['recall_min']:.3f}"]
                   for r in recalled], 2)]
-    if comparison:
-        out += [("h2", "Sync versus async"),
-                ("p", "Both user classes ran: each operation's async figures beside its sync ones, and their ratio "
-                      "(async / sync; below 1x is faster or fewer for latencies, above 1x is more for RPS).")]
-        out += comparison
     if summary.get("server_side"):  # Milvus's own figures beside the client's (server_metrics.py)
         out += server_metrics.blocks(summary["server_side"])
     out += generator_health_blocks(summary.get("generator_health"))
@@ -233,11 +333,19 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
         out.append(("h2", "Plots"))
         out += [("img", file, alt) for file, alt in images]
     shown = {k: v for k, v in summary["config"].items() if v not in (None, "", False, [])}
+    test_options = {k: v for k, v in shown.items() if k not in _LOCUST_INTERNALS}
+    internals = {k: v for k, v in shown.items() if k in _LOCUST_INTERNALS}
+
+    def option_rows(options: dict) -> list[list[str]]:
+        return [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in options.items()]
+
     out += [("h2", "Run configuration"),
             ("p", "Options as the run read them (unset and off ones left out; all are in summary.json). Secrets "
                   f"are shown as {REDACTED}, URIs without credentials."),
-            ("table", ["option", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v]
-                                            for k, v in shown.items()], 2)]
+            ("table", ["option", "value"], option_rows(test_options), 2)]
+    if internals:
+        out.append(("details", "Locust's process options (not the test's)",
+                    [("table", ["option", "value"], option_rows(internals), 2)]))
     return out
 
 
@@ -287,6 +395,10 @@ def to_markdown(doc: list[tuple]) -> str:
             lines += [block[1], ""]
         elif kind == "list":
             lines += [f"- `{item}`" for item in block[1]] + [""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in block[1]] + [""]
+        elif kind == "details":
+            lines += [f"**{block[1]}**", "", to_markdown(block[2])]
         elif kind == "table":
             _, headers, rows, right_from = block
             lines.append("| " + " | ".join(headers) + " |")
@@ -313,6 +425,12 @@ def to_html(doc: list[tuple], folder: Path, title: str) -> str:
             parts.append(f"<{kind}>{e(block[1])}</{kind}>")
         elif kind == "list":
             parts.append("<ul>" + "".join(f"<li><code>{e(i)}</code></li>" for i in block[1]) + "</ul>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "details":
+            inner = to_html(block[2], folder, "")
+            body = inner[inner.index("<body>") + len("<body>"):inner.rindex("</body>")]
+            parts.append(f"<details><summary>{e(block[1])}</summary>{body}</details>")
         elif kind == "table":
             _, headers, rows, right_from = block
             head = "".join(f"<th>{e(h)}</th>" for h in headers)

@@ -1,0 +1,62 @@
+"""What was tested: the software's versions and the workload, for summary.json's ``versions`` and ``workload``.
+
+Both are read from what the run already holds (the options as the test read them, the server's version read at
+set-up, installed packages' metadata), so describing a test costs no request to Milvus beyond the row counts.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+PACKAGES = {"pymilvus": "pymilvus", "langchain_milvus": "langchain-milvus", "langchain_core": "langchain-core",
+            "locust": "locust"}
+
+
+def versions(milvus_server: str | None) -> dict:
+    """``milvus_server`` as the server reported it (None when it would not say), then the client's packages."""
+    out: dict = {"milvus_server": milvus_server}
+    for key, dist in PACKAGES.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def workload(options, rows_at_start: int | None, rows_at_end: int | None) -> dict:
+    """The test's workload as its options set it. ``options``: a RunOptions (config/load.py)."""
+    from locust_milvus.workload.operations import TABLE
+    from locust_milvus.workload.pacing import parse_target_rps
+
+    get = options.get
+    try:
+        rates = parse_target_rps(str(get("target_rps", "") or ""), set(TABLE))
+    except ValueError:
+        rates = {}
+    weights = {name: int(get(f"{name}_weight", 0) or 0) for name in TABLE}
+    embedding = str(get("embedding", "fake") or "fake")
+    return {
+        "mix": ({name: f"{rate:g}/s" for name, rate in rates.items()} if rates
+                else {name: w for name, w in weights.items() if w}),
+        "paced": bool(rates),  # --target-rps: an open model; the weights are then unused
+        "users": get("num_users"),
+        "user_classes": None,  # filled by the caller, which knows the environment
+        "async_concurrency": get("async_concurrency"),
+        "consistency_level": get("consistency_level"),
+        "index_type": get("index_type"),
+        "index_params": get("index_params") or None,
+        "search_params": get("search_params") or None,
+        "metric": get("metric"),
+        "dim": get("dim") if embedding == "fake" else (get("openai_dimensions") or None),
+        "top_k": get("top_k"),
+        "batch_size": get("batch_size"),
+        "filter": get("filter") or None,
+        "embedding": embedding if embedding == "fake" else f"openai ({get('openai_model')})",
+        "dataset": get("dataset") or None,
+        "collection": get("collection"),
+        "existing_collection": bool(get("existing_collection", False)),
+        "rows_at_start": rows_at_start,
+        "rows_at_end": rows_at_end,
+    }

@@ -1,0 +1,178 @@
+"""What the report says about its own figures: ``findings``, each ``{kind, severity, text, evidence}``.
+
+A number that looks alarming and has a known cause gets its explanation beside it. Each rule reads the summary
+(rows, failures, config, server-side figures, generator health) and nothing else, so ``locust-milvus compare``
+and tests can run it on any summary.json. Severity: ``warning`` (the figures do not mean what they seem, or the
+run was limited by something other than Milvus) or ``info``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from locust_milvus.report.histograms import decode
+
+# Operations whose requests search (read) and those that write, by name (the built-in table's; own tasks are
+# neither unless named like them).
+_SEARCH = re.compile(r"search|mmr|retriev")
+_WRITES = {"add", "add_texts", "add_embeddings", "upsert", "delete", "delete_by_expr"}
+# A "slow mode" of a search: at least this long and at least this many times its median.
+SLOW_MS = 100.0
+SLOW_TIMES_MEDIAN = 4.0
+SLOW_SHARE = 0.02  # ... for at least this share of the searches
+SEVERITY_ORDER = {"warning": 0, "info": 1}
+
+
+def find(summary: dict) -> list[dict]:
+    """Every finding of a summary, most important first."""
+    out: list[dict] = []
+    for rule in (_saturation, _consistency_waits, _known_failures, _client_server_gap, _sync_async_asymmetry):
+        out += rule(summary)
+    return sorted(out, key=lambda f: SEVERITY_ORDER.get(f["severity"], 2))
+
+
+def _finding(kind: str, severity: str, text: str, **evidence) -> dict:
+    return {"kind": kind, "severity": severity, "text": text, "evidence": evidence}
+
+
+def _share_above(row: dict, ms: float) -> float:
+    """The share of a row's requests slower than ``ms`` (from its HdrHistogram)."""
+    if not row.get("histogram"):
+        return 0.0
+    h = decode(row["histogram"])
+    total = h.get_total_count()
+    if not total:
+        return 0.0
+    # hdrh has no "count above"; walk its recorded values once (a few hundred buckets at most).
+    slow = sum(item.count_at_value_iterated_to for item in h.get_recorded_iterator()
+               if item.value_iterated_to > ms * 1000)
+    return slow / total
+
+
+def _consistency_waits(summary: dict) -> list[dict]:
+    config = summary.get("config", {})
+    level = str(config.get("consistency_level") or "")
+    rows = summary["rows"]
+    writes = sorted({r["name"] for r in rows if r["name"] in _WRITES and r["count"]})
+    if level not in ("Session", "Strong") or not writes:
+        return []
+    out = []
+    for r in rows:
+        if not _SEARCH.search(r["name"]) or not r["count"] or r.get("p50_ms") is None:
+            continue
+        threshold = max(SLOW_MS, SLOW_TIMES_MEDIAN * r["p50_ms"])
+        share = _share_above(r, threshold)
+        if share < SLOW_SHARE:
+            continue
+        wait = ("the server's time tick after this client's last write" if level == "Session"
+                else "every write acknowledged anywhere before the search started")
+        out.append(_finding(
+            "consistency_wait", "warning",
+            f"{r['name']} ({r['mode']}): {share:.0%} of the searches took over {threshold:.3g} ms while the median "
+            f"is {r['p50_ms']:.3g} ms. At {level} consistency a search waits for {wait} ({', '.join(writes)} ran "
+            "in this test): that slow mode is a consistency wait, not search work. To measure search alone use "
+            "--consistency-level Bounded; if your service reads its own writes at Session, the wait is real for it, "
+            "and a separate reader client (one that does not write) does not wait.",
+            operation=r["name"], mode=r["mode"], consistency_level=level, writes=writes, slow_share=round(share, 4),
+            slow_above_ms=round(threshold, 3), p50_ms=r["p50_ms"], p90_ms=r.get("p90_ms"), p99_ms=r.get("p99_ms")))
+    return out
+
+
+# Failures whose cause is known and is not the server's load: (pattern, kind, explanation).
+_KNOWN = (
+    (re.compile(r"KeyError", re.I), "upstream_mmr_race",
+     "langchain-milvus's max_marginal_relevance_search looks up the vectors of its hits in a second query; a hit "
+     "deleted between the search and that query raises KeyError. An upstream race between MMR and concurrent "
+     "deletes in the client library (langchain-milvus {langchain_milvus}), not a Milvus failure."),
+    (re.compile(r"collection not loaded|code=101", re.I), "collection_not_loaded",
+     "Milvus refused requests while the collection was not loaded (code 101): after a restart Milvus reloads it, "
+     "and until then searches fail. The server's doing, not the load's."),
+    (re.compile(r"rate limit|code=8\b", re.I), "rate_limited",
+     "Milvus's rate limiter refused these requests (code 8): the server's quotas, not its capacity "
+     "(--milvus-retry-rate-limit lets pymilvus retry them inside the deadline)."),
+    (re.compile(r"deadline|timed? ?out", re.I), "deadline",
+     "These calls did not finish within --milvus-timeout: each waited that long before failing, so they also "
+     "weigh on the latency percentiles."),
+)
+
+
+def _known_failures(summary: dict) -> list[dict]:
+    versions = summary.get("versions") or {}
+    grouped: dict[str, dict] = {}
+    for failure in summary.get("failures", ()):
+        for pattern, kind, text in _KNOWN:
+            if pattern.search(failure["error"]):
+                g = grouped.setdefault(kind, {"count": 0, "errors": [], "text": text})
+                g["count"] += failure["count"]
+                g["errors"].append(failure["error"])
+                break
+    out = []
+    for kind, g in grouped.items():
+        text = g["text"].format(langchain_milvus=versions.get("langchain_milvus") or "?")
+        out.append(_finding(kind, "warning" if kind == "upstream_mmr_race" else "info",
+                            f"{g['count']} failed requests: {text}", count=g["count"], errors=g["errors"][:5]))
+    return out
+
+
+def _client_server_gap(summary: dict) -> list[dict]:
+    section = summary.get("server_side") or {}
+    out = []
+    for op in section.get("operations", ()):
+        client, server, gap = op.get("client"), op.get("server"), op.get("gap")
+        if not (client and server and gap) or not client.get("mean_ms") or gap.get("mean_ms") is None:
+            continue
+        share = gap["mean_ms"] / client["mean_ms"]
+        if share >= 0.5 and client["count"] >= 20:
+            out.append(_finding(
+                "client_server_gap", "info",
+                f"{op['name']}: of the client's mean {client['mean_ms']:.3g} ms, Milvus's proxy accounts for "
+                f"{server['mean_ms']:.3g} ms; {share:.0%} is spent outside Milvus (network, gRPC, pymilvus, "
+                "LangChain and the load generator's own waits). A faster Milvus would not shorten that part.",
+                operation=op["name"], client_mean_ms=client["mean_ms"], server_mean_ms=server["mean_ms"],
+                gap_mean_ms=gap["mean_ms"], gap_share=round(share, 3)))
+    return out
+
+
+def _saturation(summary: dict) -> list[dict]:
+    health = summary.get("generator_health") or {}
+    if not health.get("saturated"):
+        return []
+    worst = max(health["processes"], key=lambda p: max(p.get("hub_lag_ms_max") or 0, p.get("loop_lag_ms_max") or 0))
+    return [_finding(
+        "generator_saturated", "warning",
+        "The load generator saturated: the client, not Milvus, limited part of this test, and the latencies then "
+        f"include time spent waiting on the client ({health['warnings'][0] if health['warnings'] else ''}). Run "
+        "more Locust processes (--processes N or more workers) with fewer users each.",
+        processes=len(health["processes"]), hub_lag_ms_max=worst.get("hub_lag_ms_max"),
+        loop_lag_ms_max=worst.get("loop_lag_ms_max"), cpu_pct_max=worst.get("cpu_pct_max"))]
+
+
+def _sync_async_asymmetry(summary: dict) -> list[dict]:
+    by_name: dict[str, dict[str, dict]] = {}
+    for r in summary["rows"]:
+        if r["mode"] in ("sync", "async") and r["count"] >= 100 and r.get("p99_ms"):
+            by_name.setdefault(r["name"], {})[r["mode"]] = r
+    health = summary.get("generator_health") or {}
+    hub = max((p.get("hub_lag_ms_max") or 0 for p in health.get("processes", ())), default=0)
+    loop = max((p.get("loop_lag_ms_max") or 0 for p in health.get("processes", ())), default=0)
+    out = []
+    for name, modes in sorted(by_name.items()):
+        if len(modes) < 2:
+            continue
+        s, a = modes["sync"]["p99_ms"], modes["async"]["p99_ms"]
+        slow, fast, ratio = ("sync", "async", s / a) if s >= a else ("async", "sync", a / s)
+        if ratio < 3.0:
+            continue
+        if slow == "sync":
+            cause = (f"the gevent hub, which runs every sync user, was up to {hub:.0f} ms late" if hub >= 20 else
+                     "sync calls share one gRPC channel and wait for a thread of gevent's pool to read its replies")
+        else:
+            cause = (f"the asyncio loop, which runs every async call, was up to {loop:.0f} ms late" if loop >= 20
+                     else "every async call of the process shares one asyncio loop and one client")
+        out.append(_finding(
+            "sync_async_asymmetry", "info",
+            f"{name}: the {slow} p99 ({modes[slow]['p99_ms']:.3g} ms) is {ratio:.1f}x the {fast} one "
+            f"({modes[fast]['p99_ms']:.3g} ms) against the same Milvus, so the difference is on the client: likely "
+            f"{cause}.", operation=name, sync_p99_ms=s, async_p99_ms=a, ratio=round(ratio, 2),
+            hub_lag_ms_max=hub, loop_lag_ms_max=loop))
+    return out
