@@ -212,8 +212,8 @@ def headline_blocks(summary: dict) -> list[tuple]:
         out.append(("table", ["operation", "mode", "requests/s", "p50 ms", "p99 ms", "failures"],
                     [[r["name"], r["mode"], sig3(r["rps"]), pct_cell(r, "p50"), pct_cell(r, "p99"),
                       f"{r['failures']:,}"] for r in rows], 2))
-    if checks:
-        out.append(("list", [c["line"] for c in checks if not c["passed"]] or ["every check passed"]))
+    if checks and any(not c["passed"] for c in checks):
+        out.append(("list", [c["line"] for c in checks if not c["passed"]]))
     top = (summary.get("findings") or [])[:2]
     if top:
         out.append(("p", "What matters most here:"))

@@ -34,7 +34,8 @@ logger = logging.getLogger("locust_milvus")
 WINDOW_S = 1.0
 LOOP_TICK_S = 0.01
 # A lag of 50 ms means every operation finishing in that window waited up to 50 ms on the client before its
-# greenlet (or coroutine) could stop the clock: Milvus searches here take 2 to 15 ms, so that is no longer noise.
+# greenlet (or coroutine) could stop the clock: a search on an idle embedded Milvus takes a few milliseconds, so that
+# is no longer noise.
 LAG_LIMIT_MS = 50.0
 # One process runs Python on one core at a time (the GIL); near 100 % of a core it has no headroom left.
 CPU_LIMIT_PCT = 90.0
