@@ -206,6 +206,20 @@ def test_fire_sends_one_event_with_float_ms_through_the_environment():
     assert isinstance(seen[1]["exception"], OperationFailed) and str(seen[1]["exception"]) == "ValueError: boom"
 
 
+def test_an_operation_past_its_deadline_is_a_failure_whatever_let_it_run_on():
+    from locust_milvus.workload.request_events import fire_operation
+
+    env = Environment()
+    seen = []
+    env.events.request.add_listener(lambda **kw: seen.append(kw))
+    fire_operation(env, "langchain-sync", "delete", 11.2, 0, None, deadline_s=10.0)  # succeeded, 1.2 s too late
+    fire_operation(env, "langchain-sync", "delete", 9.9, 0, None, deadline_s=10.0)
+    late, in_time = seen
+    assert late["response_time"] == pytest.approx(11200.0) and in_time["exception"] is None
+    assert str(late["exception"]) == ("DeadlineExceeded: the operation took longer than --milvus-timeout (10 s) "
+                                      "although no call raised")
+
+
 def test_normalise_masks_ids_and_keeps_one_line():
     exc = normalise(RuntimeError("Task <Task at 0x7f3a2b1c0d00> failed for 470611779738402831abcdef\nmore"))
     assert str(exc) == "RuntimeError: Task <Task at <id>> failed for <id>"

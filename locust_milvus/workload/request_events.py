@@ -73,11 +73,24 @@ def fire(environment, request_type: str, name: str, elapsed_s: float, length: in
     )
 
 
+class DeadlineExceeded(OperationFailed):
+    """An operation whose Milvus side outlasted --milvus-timeout although no layer raised."""
+
+
 def fire_operation(environment, request_type: str, name: str, elapsed_s: float, length: int,
-                   exc: BaseException | None, embeds=(), context: dict | None = None) -> None:
+                   exc: BaseException | None, embeds=(), context: dict | None = None,
+                   deadline_s: float | None = None) -> None:
     """An operation's event, after one event per embedding call it made inside (embeddings.EmbedCall: their time
-    is taken out of the operation's, so its figure is the Milvus side)."""
+    is taken out of the operation's, so its figure is the Milvus side).
+
+    ``deadline_s`` (--milvus-timeout): an operation whose Milvus side took longer succeeded too late, and is a
+    failure whatever layer let it run on: a queue in the client before the call began (gevent's pool once held
+    sync deletes 9 to 11 s past a 10 s deadline, unseen), a library that calls Milvus twice, or a retry.
+    """
     for e in embeds:
         fire(environment, request_type, e.name, e.elapsed_s, 0, e.exc)
         elapsed_s -= e.elapsed_s
+    if exc is None and deadline_s is not None and elapsed_s > deadline_s:
+        exc = DeadlineExceeded(f"DeadlineExceeded: the operation took longer than --milvus-timeout ({deadline_s:g} s) "
+                               "although no call raised")
     fire(environment, request_type, name, elapsed_s, length, exc, context)

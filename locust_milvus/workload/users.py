@@ -97,7 +97,7 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
             raise
         length, exc = op.complete(state, call, result, exc)
         fire_operation(self.environment, SYNC, op.name, elapsed, length, exc, embeds,
-                       _context(call, planned, start + elapsed))
+                       _context(call, planned, start + elapsed), deadline_s=state.settings.timeout)
 
 
 def _timed_sync(state: RunState, op: Operation, call: Call):
@@ -184,4 +184,4 @@ class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
         for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
             fire_operation(self.environment, ASYNC, op.name, elapsed, length, exc, embeds,
-                  _context(call, planned, start + elapsed))
+                           _context(call, planned, start + elapsed), deadline_s=state.settings.timeout)
