@@ -28,7 +28,7 @@ from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
 from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, verify
-from locust_milvus.runtime import shutdown
+from locust_milvus.runtime import quiet_logs, shutdown
 from locust_milvus.runtime.bridge import close_bridge, get_bridge
 from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
 from locust_milvus.runtime.monitor import monitor
@@ -61,16 +61,8 @@ def _fatal(message: str, code: int = 1) -> None:
 def on_init(environment, runner=None) -> None:
     make_grpc_cooperative()
     shutdown.install_sigint_handler()
-    # pymilvus logs every failed RPC, and every reconnection attempt, with a full traceback: during an outage that
-    # is thousands of lines a second, which costs the hub its time (and, with output piped to a full buffer,
-    # blocks it). Each failure is already a failed request with its one-line message in Locust's failure table,
-    # so pymilvus keeps quiet unless --loglevel DEBUG asks for everything.
     options = run_options(environment)
-    logging.getLogger("pymilvus").setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.CRITICAL)
-    # The OpenAI client's HTTP libraries log every request at INFO: thousands of lines that say nothing a request
-    # event does not (and that buried a stalled run's own log lines). Warnings and errors still show.
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.DEBUG if options.loglevel == "DEBUG" else logging.WARNING)
+    quiet_logs.install(options.loglevel)  # pymilvus, httpx and langchain-milvus repeat what failure events record
     # (./.env was read by plugin.install, before Locust parsed the options.)
     if isinstance(runner, WorkerRunner) or not options.values:
         return

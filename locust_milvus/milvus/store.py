@@ -159,7 +159,10 @@ def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | 
     sample embedding already made (saves a call to a paid provider).
     """
     vector = vector or store.embedding_func.embed_query("schema")
-    store._init(embeddings=[[vector]], metadatas=[metadata or SAMPLE_METADATA], timeout=timeout)
+    # A dataset without metadata columns gives {}: no metadata fields (the tutorials' would make every insert fail
+    # with "Insert missed an field `id`").
+    store._init(embeddings=[[vector]], metadatas=[SAMPLE_METADATA if metadata is None else metadata],
+                timeout=timeout)
 
 
 def _check_expressions(client: MilvusClient, settings: Settings) -> None:
