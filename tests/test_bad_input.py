@@ -8,6 +8,7 @@ the TLS-and-authentication Milvus (``{secure}``).
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -43,6 +44,9 @@ CASES = [
     ("negative batch size", ["--batch-size", "-5"], {}, "argument --batch-size: expected a whole number >= 1, got -5"),
     ("zero deadline", ["--milvus-timeout", "0"], {}, "argument --milvus-timeout: expected a number of seconds > 0"),
     ("malformed dataset", ["--dataset", "{tmp}/bad.jsonl"], {}, "bad.jsonl: line 2: not valid JSON"),
+    ("dataset document too long", ["--dataset", "{tmp}/big.jsonl"], {},
+     "big.jsonl: 1 value(s) longer than a Milvus text field holds (65,535 bytes): line 2 ('text': 70,006 bytes); "
+     "shorten or split those documents"),
     ("openai without a key", ["--embedding", "openai"], {"OPENAI_API_KEY": ""},
      "--embedding openai needs OPENAI_API_KEY"),
     ("unreadable threshold", ["--check-p95", "search=fast"], {}, "--check-p95 'search=fast': 'fast' is not a duration"),
@@ -127,6 +131,7 @@ def existing(milvus):
 def test_bad_input_is_one_clear_line_and_a_non_zero_exit(request, tmp_path, args, env, phrase):
     (tmp_path / "bad.jsonl").write_text('{"text": "a fine document"}\n{"text": \n')
     (tmp_path / "bad.conf").write_text("nope-weight = 1\n")
+    (tmp_path / "big.jsonl").write_text('{"text": "short"}\n' + json.dumps({"text": "x" * 70_000 + "é" * 3}) + "\n")
     text = " ".join(args)
     values = {"tmp": tmp_path}
     if "{milvus}" in text:

@@ -242,6 +242,8 @@ def test_normalise_names_the_grpc_status_and_caps_the_kinds(monkeypatch):
             return "failed to connect to all addresses"
 
     assert str(normalise(FakeRpcError())) == "FakeRpcError: UNAVAILABLE: failed to connect to all addresses"
+    # set-up errors use the same line (they once said only "<_InactiveRpcError of RPC that terminated with:")
+    assert events.one_line(FakeRpcError()) == "FakeRpcError: UNAVAILABLE: failed to connect to all addresses"
     monkeypatch.setattr(events, "_kinds", set())
     monkeypatch.setattr(events, "MAX_ERROR_KINDS", 3)
     kinds = {str(normalise(ValueError(f"kind {letter}"))) for letter in "abcdef"}

@@ -70,6 +70,11 @@ def _rows(path: Path):
         raise DatasetError(f"--dataset {path}: unknown format {suffix!r}: use .jsonl, .csv or .parquet")
 
 
+# LangChain's Milvus schema makes the text field (and each string metadata field) a VARCHAR of 65,535 bytes; a longer
+# value fails its whole insert batch, found here before any write instead.
+MAX_VARCHAR_BYTES = 65_535
+
+
 def load_dataset(path: str, text_column: str = "text", vector_column: str = "vector") -> Dataset:
     p = Path(path)
     if not p.is_file():
@@ -78,10 +83,15 @@ def load_dataset(path: str, text_column: str = "text", vector_column: str = "vec
     metadatas: list[dict] = []
     vectors: list[list[float]] = []
     keys: set[str] | None = None
+    oversized: list[str] = []
     for where, row in _rows(p):
         text = row.get(text_column)
         if not isinstance(text, str) or not text.strip():
             raise DatasetError(f"--dataset {path}: {where}: no text in column {text_column!r}")
+        for column, value in row.items():
+            if isinstance(value, str) and column != vector_column and len(value) * 4 > MAX_VARCHAR_BYTES \
+                    and (size := len(value.encode())) > MAX_VARCHAR_BYTES:
+                oversized.append(f"{where} ({column!r}: {size:,} bytes)")
         vector = row.get(vector_column)
         if vector is not None:
             if isinstance(vector, str):
@@ -111,6 +121,10 @@ def load_dataset(path: str, text_column: str = "text", vector_column: str = "vec
             raise DatasetError(f"--dataset {path}: {where}: columns differ from the first row's ({', '.join(diff)})")
         texts.append(text)
         metadatas.append(metadata)
+    if oversized:
+        shown = ", ".join(oversized[:5]) + (f" and {len(oversized) - 5} more" if len(oversized) > 5 else "")
+        raise DatasetError(f"--dataset {path}: {len(oversized)} value(s) longer than a Milvus text field holds "
+                           f"({MAX_VARCHAR_BYTES:,} bytes): {shown}; shorten or split those documents")
     if not texts:
         raise DatasetError(f"--dataset {path}: no rows")
     if vectors and len(vectors) != len(texts):

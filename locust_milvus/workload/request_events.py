@@ -17,27 +17,31 @@ _VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{12,}\b|\b[0-9a-f]{8}-[0-9a
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, for a log line or an error a user reads."""
+    """``Type: first line of the message`` (a gRPC error: ``Type: STATUS: details``), for a log line or an error a
+    user reads."""
+    described = _grpc_status(exc)
+    if described is not None:
+        return described
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-# Locust keeps one row per distinct failure message, for ever; aiolocust caps its error keys for the same reason.
-MAX_ERROR_KINDS = 100
-_kinds: set[str] = set()
-
-
-def _describe(exc: BaseException) -> str:
-    # A gRPC error's str() starts with a line that names no cause ("<AioRpcError of RPC that terminated with:");
-    # its status code and details are the useful part. Milvus errors carry their code in the message already.
+def _grpc_status(exc: BaseException) -> str | None:
+    # A gRPC error's str() starts with a line that names no cause ("<_InactiveRpcError of RPC that terminated
+    # with:"); its status code and details are the useful part. Milvus errors carry their code in the message.
     code, details = getattr(exc, "code", None), getattr(exc, "details", None)
     if callable(code) and callable(details):
         try:
             status = code()
             return f"{type(exc).__name__}: {getattr(status, 'name', status)}: {str(details() or '').strip()}"
         except Exception:  # noqa: BLE001 - fall back to the plain message
-            pass
-    return one_line(exc)
+            return None
+    return None
+
+
+# Locust keeps one row per distinct failure message, for ever; aiolocust caps its error keys for the same reason.
+MAX_ERROR_KINDS = 100
+_kinds: set[str] = set()
 
 
 def normalise(exc: BaseException) -> Exception:
@@ -48,7 +52,7 @@ def normalise(exc: BaseException) -> Exception:
     """
     if isinstance(exc, OperationFailed):
         return exc
-    message = _VOLATILE.sub("<id>", _describe(exc))[:240 + len(type(exc).__name__) + 2]
+    message = _VOLATILE.sub("<id>", one_line(exc))[:240 + len(type(exc).__name__) + 2]
     if message not in _kinds:
         if len(_kinds) >= MAX_ERROR_KINDS:
             return OperationFailed(f"other errors (more than {MAX_ERROR_KINDS} kinds; the first ones are listed)")
