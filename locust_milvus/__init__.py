@@ -2,6 +2,7 @@
 
     from locust_milvus import AsyncMilvusUser, SyncMilvusUser   # in a locustfile: all it needs
     from locust_milvus import AsyncLangChainUser, LangChainUser  # bases for your own tasks (docs/extending.md)
+    from locust_milvus import register  # Locust as a library: wire an Environment you made (docs/extending.md)
 
 Importing the users pulls in Locust (which monkey-patches the standard library with gevent) and registers the
 plugin (plugin.py). This package root itself imports nothing, so that the plain commands (``locust-milvus server``,
@@ -9,7 +10,8 @@ plugin (plugin.py). This package root itself imports nothing, so that the plain 
 
 The rooms:
 
-- ``plugin.py``       the one place that registers Locust listeners, in the order they run
+- ``plugin.py``       the one place that registers Locust listeners, in the order they run; ``register`` for
+                      an Environment made in Python
 - ``lifecycle.py``    what happens at init, test start and stop, and quitting (set-up, embedded Milvus, teardown)
 - ``config/``         options.py (declared by group), load.py (Settings built once from them, every value
                       checked), settings.py (the Settings), secrets.py (token, URI credentials, the one scrubber)
@@ -33,11 +35,15 @@ Locust's statistics and the report's recorder.
 """
 
 __version__ = "0.1.0"
-__all__ = ["AsyncLangChainUser", "AsyncMilvusUser", "LangChainUser", "SyncMilvusUser"]
+__all__ = ["AsyncLangChainUser", "AsyncMilvusUser", "LangChainUser", "SyncMilvusUser", "register"]
 
 
 def __getattr__(name: str):
     # Lazy (PEP 562): ``import locust_milvus`` stays plain; asking for a user installs the plugin with it.
+    if name == "register":
+        from locust_milvus import plugin
+
+        return plugin.register
     if name in __all__:
         from locust_milvus import plugin
         from locust_milvus.workload import base, users

@@ -49,8 +49,26 @@ _prepared: IdLedger | None = None  # set-up done at init for the first test, wit
 
 
 def current_state() -> RunState | None:
-    """This process's run state, or None when set-up failed (the users then stop without firing events)."""
+    """This process's run state, or None when set-up failed or never ran (the users then stop, fire no event)."""
     return _state
+
+
+_said_why = False
+_setup_failed = False
+
+
+def say_why_users_stop() -> None:
+    """Once per process, at error level: why the users stop without a request (no run state here)."""
+    global _said_why
+    if _said_why:
+        return
+    _said_why = True
+    if _setup_failed:
+        logger.error("locust-milvus: the users stop: this test's set-up failed (the error is above)")
+    else:
+        logger.error("locust-milvus: the users stop: locust-milvus's set-up never ran in this process. From a "
+                     "locustfile, import the users from locust_milvus; with Locust as a library, call "
+                     "locust_milvus.register(environment) before starting the runner (docs/extending.md)")
 
 
 def _fatal(message: str, code: int = 1) -> None:
@@ -148,6 +166,8 @@ def embedded_metrics_url() -> str | None:
 
 
 def _fail_run(environment, message: str) -> None:
+    global _setup_failed
+    _setup_failed = True
     logger.error("locust-milvus: %s", message)
     runner = environment.runner
     if run_options(environment).headless:
@@ -158,8 +178,9 @@ def _fail_run(environment, message: str) -> None:
 
 
 def on_test_start(environment, **_kwargs) -> None:
-    global _state, _prepared
+    global _state, _prepared, _said_why, _setup_failed
     _state = None
+    _said_why = _setup_failed = False
     runner = environment.runner
     options = run_options(environment)
     if options.headless and options.get("run_time") and not isinstance(runner, WorkerRunner):

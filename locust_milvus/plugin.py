@@ -52,6 +52,41 @@ def install() -> None:
     events.init.add_listener(_on_init)
 
 
+def register(environment, **options):
+    """Wire locust-milvus into an Environment made in Python (Locust as a library: pytest, a notebook, a CI
+    script), as ``locust -f`` does for a locustfile; returns the environment's runner (a local one is created when
+    it has none).
+
+    ``options`` are the command line's, by attribute name (``collection="loadtest"``, ``prepopulate=100``,
+    ``target_rps="search=50"``); the rest keep their defaults, and the environment's ``host`` is the target
+    (none: the embedded Milvus starts). The options are checked as on the command line: a bad one logs its line
+    and raises SystemExit with the same exit code. Set-up runs at each test start, like the web UI's. At the end,
+    fire ``environment.events.quitting`` (Locust's main does) to close the async bridge and stop an embedded
+    Milvus; the report folder is written when the test stops.
+
+        env = Environment(user_classes=[SyncMilvusUser], host="http://127.0.0.1:19530")
+        runner = register(env, collection="loadtest", drop_collection=True)
+        runner.start(10, spawn_rate=10); gevent.sleep(30); runner.quit()
+        env.events.quitting.fire(environment=env, reason="done")
+    """
+    from locust.argument_parser import get_parser
+
+    install()
+    # No config file is read (a locust.conf in the working directory is the command line's, not this script's);
+    # get_parser fires init_command_line_parser, so our options are declared on it.
+    parsed = get_parser(default_config_files=[]).parse_args([])  # every option at its default
+    for name, value in options.items():
+        if not hasattr(parsed, name):
+            raise TypeError(f"register(): no option is named {name!r} (options are the command line's, with _ for -)")
+        setattr(parsed, name, value)
+    if environment.host:
+        parsed.host = environment.host
+    environment.parsed_options = parsed
+    runner = environment.runner or environment.create_local_runner()
+    _on_init(environment, runner=runner, web_ui=environment.web_ui)
+    return runner
+
+
 def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     ev = environment.events
     runs_users = not isinstance(runner, MasterRunner)

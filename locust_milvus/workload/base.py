@@ -60,10 +60,11 @@ class RunUser(User):
     stopped = False  # set when a stop cut the user off mid-task (its block then fires nothing)
 
     def on_start(self) -> None:
-        self.state = lifecycle.current_state()  # None when set-up failed (logged once); the user then stops
+        self.state = lifecycle.current_state()  # None when set-up failed or never ran; the user then stops
 
     def _ready(self) -> RunState:
-        if self.state is None:  # set-up failed; the error was logged once, at test start
+        if self.state is None:
+            lifecycle.say_why_users_stop()  # once per process, at error level: a user never stops silently
             raise StopUser()
         return self.state
 

@@ -41,8 +41,8 @@ def _pacer(state: RunState | None) -> Pacer | None:
 
 def _operate(user) -> None:
     """The built-in users' one task: an operation from the table, picked by its weight or by the pacer."""
-    if user.state is None:  # set-up failed; the error was logged once, at test start
-        raise StopUser()
+    if user.state is None:  # set-up failed (logged at test start) or never ran: say so once, then stop
+        user._ready()
     if user.pacer is None:
         user.execute(user.state.pick())
         return
