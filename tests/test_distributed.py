@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -39,6 +40,7 @@ def distributed_run(milvus, collection, tmp_path, seconds: int, kill_worker_afte
     master = start("--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--headless",
                    "--expect-workers", "2", "-u", "8", "-r", "8", "-t", f"{seconds}s", "--host", milvus.uri,
                    "--collection", collection, "--prepopulate", "200", "--csv", str(tmp_path / "run"),
+                   "--reports-dir", str(tmp_path / "reports"),
                    "--add-weight", "3", "--search-weight", "6", "--delete-weight", "1")  # each worker keeps some
     workers = [start("--worker", "--master-host", "127.0.0.1", "--master-port", str(port)) for _ in range(2)]
     began = time.monotonic()
@@ -80,15 +82,26 @@ def test_master_and_two_workers_run_both_users_and_add_up(milvus, collection, tm
 
 
 def test_a_killed_worker_is_reported_and_the_master_carries_on(milvus, collection, tmp_path):
-    master, out, worker_outs, elapsed = distributed_run(milvus, collection, tmp_path, seconds=12,
-                                                        kill_worker_after=5)
+    master, out, worker_outs, elapsed = distributed_run(milvus, collection, tmp_path, seconds=16,
+                                                        kill_worker_after=9)
     assert "Traceback" not in out, out[-3000:]
     assert re.search(r"Worker \S+ failed to send heartbeat, setting state to missing", out), out[-3000:]
     # It ended on time (the run time plus set-up, not a hang) with what it received; the survivor ran to the end.
-    assert elapsed < 12 + 60
+    assert elapsed < 16 + 60
     stats = read_stats_csv(tmp_path / "run")
     aggregated = int(stats[("", "Aggregated")]["Request Count"])
     survivor = WORKER_TOTALS.search(worker_outs[1])
     assert survivor, worker_outs[1][-2000:]
     assert aggregated >= int(survivor.group(1)) > 0
     assert int(stats[("", "Aggregated")]["Failure Count"]) == 0
+    # The loss is said: in the log as it happens, and in the report (which worker, when, the users lost with it).
+    assert re.search(r"WARNING/locust_milvus: locust-milvus: worker \d \(pid \d+\) stopped sending heartbeats .* "
+                     r"its 4 users stopped with it \(Locust gives them to the other workers only with "
+                     r"--enable-rebalancing\)", out), out[-3000:]
+    [folder] = list((tmp_path / "reports").iterdir())
+    summary = json.loads((folder / "summary.json").read_text())
+    [lost] = summary["generator_health"]["lost_workers"]
+    assert lost["users"] == 4 and 2 <= lost["after_s"] <= 16 and lost["worker"].startswith("worker ")
+    assert summary["runner"] == "master with 2 workers (1 lost during the test, 4 users with them)"
+    assert [f["kind"] for f in summary["findings"]][0] == "lost_worker"
+    assert "LOST: worker" in (folder / "summary.md").read_text()

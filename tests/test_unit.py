@@ -249,3 +249,12 @@ def test_normalise_names_the_grpc_status_and_caps_the_kinds(monkeypatch):
     kinds = {str(normalise(ValueError(f"kind {letter}"))) for letter in "abcdef"}
     assert len(kinds) == 4 and any(k.startswith("other errors") for k in kinds)
     assert str(normalise(ValueError("kind a"))) == "ValueError: kind a"  # a known kind keeps its row
+
+
+def test_sparklines_draw_the_last_minute_scaled_to_a_top():
+    from locust_milvus.web.page import sparkline
+
+    assert sparkline([], 100.0) == ""
+    assert sparkline([0, 50, 100], 100.0) == "▁▅█"
+    assert sparkline([10, 400], 100.0) == "▁█"  # past the top: scaled to the largest
+    assert len(sparkline(list(range(120)), 100.0)) == 60

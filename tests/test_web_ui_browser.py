@@ -160,12 +160,18 @@ def test_run_page_and_tabs_in_a_real_browser(chromium, milvus, collection, tmp_p
             return {cells[0]: cells for tr in chromium.find_elements(By.CSS_SELECTOR, "table tbody tr")
                     if (cells := [td.text for td in tr.find_elements(By.TAG_NAME, "td")])}
 
+        # per mode: requests, failures, RPS, p50, p95, p99
         rows = wait_for("sync and async searches in the tab",
                         lambda: (r := tab_rows()).get("search") and r["search"][1] not in ("", "0")
-                        and r["search"][6] not in ("", "0") and r, driver=chromium)
+                        and r["search"][7] not in ("", "0") and r, driver=chromium)
         assert {"search", "search_by_vector"} <= set(rows), rows
+        assert rows["search"][2] == "0" and rows["search"][8] == "0", rows  # the failures columns
         wait_for("the 'Milvus: load generator' tab", lambda: tab("milvus: load generator"))[0].click()
-        process_rows = wait_for("a process row in the generator tab", lambda: list(tab_rows().values()))
+        # a history, not a single row of now: the last minute of CPU and lag as sparklines, a window a second
+        process_rows = wait_for("a process row with its history in the generator tab",
+                                lambda: [c for c in tab_rows().values() if len(c) > 7 and len(c[6]) >= 3
+                                         and set(c[6]) <= set("▁▂▃▄▅▆▇█") and set(c[7]) <= set("▁▂▃▄▅▆▇█")],
+                                driver=chromium)
         assert process_rows[0][0].startswith("local runner (pid "), process_rows
 
         # The run page, reached from Locust's "Download data" tab: operations in flight in both modes, and a

@@ -26,7 +26,8 @@ SEVERITY_ORDER = {"warning": 0, "info": 1}
 def find(summary: dict) -> list[dict]:
     """Every finding of a summary, most important first."""
     out: list[dict] = []
-    for rule in (_saturation, _consistency_waits, _known_failures, _client_server_gap, _sync_async_asymmetry):
+    for rule in (_lost_workers, _saturation, _consistency_waits, _known_failures, _client_server_gap,
+                 _sync_async_asymmetry):
         out += rule(summary)
     return sorted(out, key=lambda f: SEVERITY_ORDER.get(f["severity"], 2))
 
@@ -136,6 +137,20 @@ def _client_server_gap(summary: dict) -> list[dict]:
                 operation=op["name"], client_mean_ms=client["mean_ms"], server_mean_ms=server["mean_ms"],
                 gap_mean_ms=gap["mean_ms"], gap_share=round(share, 3)))
     return out
+
+
+def _lost_workers(summary: dict) -> list[dict]:
+    lost = (summary.get("generator_health") or {}).get("lost_workers") or []
+    if not lost:
+        return []
+    users = sum(w["users"] for w in lost)
+    first = min(w["after_s"] for w in lost)
+    return [_finding(
+        "lost_worker", "warning",
+        f"{len(lost)} worker(s) lost during the test, the first {first:.0f} s in ("
+        + "; ".join(f"{w['worker']} {w['how']}" for w in lost) + f"): {users} users stopped with them and were not "
+        "replaced, so the load after that was lower than the run's user count says. Run with --enable-rebalancing "
+        "to have Locust give their users to the remaining workers.", workers=lost, users_lost=users)]
 
 
 def _saturation(summary: dict) -> list[dict]:

@@ -311,6 +311,8 @@ def _meta(environment, test: _Test) -> dict:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         kind = f"master with {test.workers} workers"
+        if lost := health.lost_workers.report() if health else []:
+            kind += f" ({len(lost)} lost during the test, {sum(w['users'] for w in lost)} users with them)"
     else:
         kind = "local runner"
     return {

@@ -372,6 +372,9 @@ def generator_health_blocks(health: dict | None) -> list[tuple]:
           for p in health["processes"]], 1),
     ]
     out += [("p", "WARNING: " + text) for text in health["warnings"]]
+    out += [("p", f"LOST: {w['worker']} {w['how']} {w['after_s']:.0f} s into the test; its {w['users']} users "
+                  "stopped with it and were not replaced (Locust moves them to the other workers only with "
+                  "--enable-rebalancing).") for w in health.get("lost_workers", ())]
     return out
 
 

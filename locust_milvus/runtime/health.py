@@ -15,7 +15,7 @@ In a distributed run every worker sends its figures (and its set-up progress) to
 
 from __future__ import annotations
 
-from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 import logging
 import os
@@ -41,6 +41,7 @@ LAG_LIMIT_MS = 50.0
 CPU_LIMIT_PCT = 90.0
 SUSTAIN_S = 5  # windows in a row: a garbage collection or a burst of spawning is not saturation
 RECENT_WINDOWS = 3  # the live figures: the last 3 s (a worker reports every 3 s)
+HISTORY_WINDOWS = 60  # the web UI's sparklines: the last minute, a window a second
 PAYLOAD_KEY = "locust_milvus_process"
 
 LIMITS = {"hub_lag": LAG_LIMIT_MS, "loop_lag": LAG_LIMIT_MS, "cpu": CPU_LIMIT_PCT}
@@ -134,6 +135,7 @@ class Health:
     def reset(self) -> None:
         self.signals = {name: _Signal() for name in LIMITS}
         self.recent: deque[dict] = deque(maxlen=RECENT_WINDOWS)
+        self.history: deque[tuple] = deque(maxlen=HISTORY_WINDOWS)  # (cpu %, hub lag ms, loop lag ms or None)
         self.episodes: list[str] = []
         self.running = False
 
@@ -169,6 +171,8 @@ class Health:
                   "loop_lag_ms": None if loop_lag_s is None else loop_lag_s * 1000.0,
                   "judged": self._runner is not None and self._runner.state in (STATE_SPAWNING, STATE_RUNNING)}
         self.recent.append(window)
+        self.history.append((round(cpu_pct), round(window["hub_lag_ms"]),
+                             None if window["loop_lag_ms"] is None else round(window["loop_lag_ms"])))
         if not window["judged"]:
             return
         for listener in window_listeners:  # --find-capacity's step figures (capacity/steps.py)
@@ -246,6 +250,7 @@ class Health:
             "peak_in_flight_sync": monitor.peak[SYNC], "peak_in_flight_async": monitor.peak[ASYNC],
             "over_limit": [name for name, flag in over.items() if flag],
             "saturated_episodes": len(self.episodes),
+            "history": list(self.history) if self.running else [],  # the last minute, oldest first
         }
 
 
@@ -265,6 +270,69 @@ window_listeners: list = []
 workers: dict[str, dict] = {}
 
 
+class LostWorkers:
+    """On a master: the workers lost during a test (no heartbeat, or quit), when, and the users that stopped with
+    them. Locust marks a worker missing after its heartbeat timeout and, without --enable-rebalancing, does not
+    give its users to the others, so the run goes on with fewer users than it says: the report must say so."""
+
+    POLL_S = 1.0
+
+    def __init__(self) -> None:
+        self.lost: dict[str, dict] = {}
+        self._users: dict[str, int] = {}  # users each worker ran, as last seen (Locust clears it when lost)
+        self._greenlet: gevent.Greenlet | None = None
+        self._started = 0.0
+
+    def start(self, runner) -> None:
+        self.stop()
+        self.lost, self._users, self._started = {}, {}, time.time()
+        self._greenlet = gevent.spawn(self._watch, runner)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def _watch(self, runner) -> None:
+        while True:
+            self.check(runner)
+            gevent.sleep(self.POLL_S)
+
+    def check(self, runner) -> None:
+        now = time.time()
+        clients = dict(runner.clients.items())
+        for client_id, node in clients.items():
+            if node.state != STATE_MISSING:
+                users = sum((node.user_classes_count or {}).values())
+                if users:
+                    self._users[client_id] = users
+            elif client_id not in self.lost:
+                self._lose(runner, client_id, now, "stopped sending heartbeats (killed, or its network lost)")
+        for client_id in set(self._users) - set(clients) - set(self.lost):
+            self._lose(runner, client_id, now, "left (quit)")
+
+    def _lose(self, runner, client_id: str, now: float, how: str) -> None:
+        users = self._users.get(client_id, 0)
+        report = workers.get(client_id) or {}
+        index = getattr(runner, "worker_indexes", {}).get(client_id)
+        who = (report.get("live") or {}).get("process") or (f"worker {index}" if index is not None
+                                                              else f"worker {client_id}")
+        self.lost[client_id] = {"worker": who, "client_id": client_id, "how": how, "lost_at": now,
+                                "after_s": round(now - self._started, 1), "users": users}
+        logger.warning("locust-milvus: %s %s %.0f s into the test; its %d users stopped with it (Locust gives them "
+                       "to the other workers only with --enable-rebalancing)", who, how, now - self._started, users)
+
+    def report(self) -> list[dict]:
+        return sorted(self.lost.values(), key=lambda w: w["lost_at"])
+
+    def lines(self) -> list[str]:
+        return [f"{w['worker']} {w['how']} {w['after_s']:.0f} s into the test: its {w['users']} users stopped with it"
+                for w in self.report()]
+
+
+lost_workers = LostWorkers()
+
+
 def process_report() -> dict:
     """What a worker sends the master about itself with each regular report."""
     return {"live": health.live(), "summary": health.summary(), "setup": progress.snapshot()}
@@ -273,13 +341,15 @@ def process_report() -> dict:
 def report_block(runner) -> dict | None:
     """The report's "generator health" figures: every process that ran users (on a master, its workers as last
     reported), or None when none did."""
+    lost = lost_workers.report() if isinstance(runner, MasterRunner) else []
     if isinstance(runner, MasterRunner):
         summaries = [w["summary"] for _, w in sorted(workers.items()) if w.get("summary", {}).get("seconds")]
     else:
         summaries = [health.summary()] if health.signals["hub_lag"].n else []
-    if not summaries:
+    if not summaries and not lost:
         return None
     return {
+        "lost_workers": lost,
         "limits": {"hub_lag_ms": LAG_LIMIT_MS, "loop_lag_ms": LAG_LIMIT_MS, "cpu_pct": CPU_LIMIT_PCT,
                    "sustained_s": SUSTAIN_S},
         "processes": summaries,
@@ -302,10 +372,14 @@ def on_test_start(environment, **_kwargs) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         workers.clear()  # last test's figures; every worker reports again within a few seconds
+        lost_workers.start(runner)
         return
     health.start(runner)  # after lifecycle's test_start (imported first): the bridge, if any, exists now
 
 
 def on_test_stop(environment, **_kwargs) -> None:
-    if not isinstance(environment.runner, MasterRunner):
+    if isinstance(environment.runner, MasterRunner):
+        lost_workers.check(environment.runner)
+        lost_workers.stop()  # its findings stay for the report
+    else:
         health.stop()

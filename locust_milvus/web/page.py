@@ -188,10 +188,14 @@ class RunPage:
         live_warnings = [f"{p['process']}: over the limit now ({', '.join(p['over_limit'])})"
                          for p in procs if p.get("over_limit")]
         block = health_module.report_block(runner)
+        lost = health_module.lost_workers.report() if distributed else []
         return {
             "time": time.strftime("%H:%M:%S"),
             "state": "setting up" if self.setting_up() else runner.state,
-            "runner": f"master with {runner.worker_count} workers" if distributed else "local runner",
+            "runner": (f"master with {runner.worker_count} workers"
+                       + (f" ({len(lost)} lost, {sum(w['users'] for w in lost)} users with them)" if lost else "")
+                       if distributed else "local runner"),
+            "lost_workers": lost,
             "user_count": runner.user_count,
             "configuration": configuration(environment),
             "setup": setup_steps(runner),
@@ -208,7 +212,9 @@ class RunPage:
             },
             "limits": {"lag_ms": health_module.LAG_LIMIT_MS, "cpu_pct": health_module.CPU_LIMIT_PCT,
                        "sustained_s": health_module.SUSTAIN_S},
-            "warnings": live_warnings + (block["warnings"] if block else []),
+            "warnings": live_warnings + (block["warnings"] if block else [])
+            + [f"LOST: {line} (not replaced without --enable-rebalancing)"
+               for line in (health_module.lost_workers.lines() if distributed else [])],
         }
 
     def json_text(self) -> str:
@@ -225,18 +231,33 @@ class RunPage:
             flat = {"name": row["name"]}
             for mode in ("sync", "async"):
                 figures = row.get(mode) or {}
-                for key in ("count", "rps", "p50_ms", "p95_ms", "p99_ms"):
+                for key in ("count", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"):
                     flat[f"{mode}_{key}"] = "" if figures.get(key) is None else figures[key]
             comparison.append(flat)
         procs = [{"name": p.get("process", "?"),
                   **{k: "" if p.get(k) is None else p[k]
                      for k in ("cpu_pct", "hub_lag_ms", "loop_lag_ms", "in_flight_sync", "in_flight_async")},
+                  "cpu_history": sparkline([h[0] for h in p.get("history") or ()], 100.0),
+                  "lag_history": sparkline([max(h[1], h[2] or 0) for h in p.get("history") or ()],
+                                           health_module.LAG_LIMIT_MS * 2),
                   "status": ", ".join(p.get("over_limit") or []) or "ok"} for p in state["processes"]]
+        procs += [{"name": w["worker"], "status": f"LOST {w['after_s']:.0f} s in ({w['users']} users stopped)"}
+                  for w in state.get("lost_workers", ())]
         return [{"key": TAB_COMPARISON, "data": comparison}, {"key": TAB_PROCESSES, "data": procs}]
 
 
-_MODE_COLUMNS = [("count", "requests"), ("rps", "RPS"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
-                 ("p99_ms", "p99 ms")]
+_MODE_COLUMNS = [("count", "requests"), ("failures", "failures"), ("rps", "RPS"), ("p50_ms", "p50 ms"),
+                 ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms")]
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], top: float) -> str:
+    """The last minute as a line of block characters, a window a second, scaled to ``top`` (CPU: 100 %; lag: twice
+    its limit), so that the tab shows a history without a chart library."""
+    if not values:
+        return ""
+    scale = max(top, max(values))
+    return "".join(_BARS[min(len(_BARS) - 1, int(v / scale * len(_BARS)))] for v in values[-60:])
 EXTENDED_TABS = [{"title": "Milvus: sync vs async", "key": TAB_COMPARISON},
                  {"title": "Milvus: load generator", "key": TAB_PROCESSES}]
 EXTENDED_TABLES = [
@@ -247,6 +268,7 @@ EXTENDED_TABLES = [
         {"key": "name", "title": "process"}, {"key": "cpu_pct", "title": "CPU %"},
         {"key": "hub_lag_ms", "title": "hub lag ms"}, {"key": "loop_lag_ms", "title": "loop lag ms"},
         {"key": "in_flight_sync", "title": "in flight sync"}, {"key": "in_flight_async", "title": "in flight async"},
+        {"key": "cpu_history", "title": "CPU, last minute"}, {"key": "lag_history", "title": "lag, last minute"},
         {"key": "status", "title": "over a limit"}]},
 ]
 
