@@ -35,7 +35,8 @@ def run(uri: str, user_class: str, users: int, seconds: int) -> dict:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
         folders = list(Path(tmp).iterdir())
         if not folders:
-            raise SystemExit(f"{user_class}: no report (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+            printed = (proc.stdout + proc.stderr)[-3000:]
+            raise SystemExit(f"{user_class}: no report (exit {proc.returncode}):\n{printed}")
         summary = json.loads((folders[0] / "summary.json").read_text())
     return {r["name"]: r for r in summary["rows"]}
 
