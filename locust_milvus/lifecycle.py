@@ -23,7 +23,7 @@ import random
 import gevent
 
 from locust_milvus.config.load import run_options, settings_from, share_total_users
-from locust_milvus.config.secrets import redact_uri
+from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
@@ -187,6 +187,8 @@ def on_test_start(environment, **_kwargs) -> None:
         # Locust's own timer ends the run; should the run stall so that no stop ever begins, this ends it.
         shutdown.expect_stop(float(options.get("run_time")), environment.stop_timeout)
     try:
+        if isinstance(runner, WorkerRunner):
+            check_worker_token(environment)  # its own token, never sent: is it the master's?
         settings = settings_from(environment)
         if isinstance(runner, WorkerRunner):
             # Ids carry the worker's index, so each worker owns its own documents: its deletes and upserts take

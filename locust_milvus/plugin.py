@@ -94,6 +94,8 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
 
     # --- init, in this order ----------------------------------------------------------------------------------
     secrets.hide_host_credentials(environment)  # before anything shows or sends the host
+    if isinstance(runner, MasterRunner):
+        secrets.keep_secrets_home(runner)  # no secret option on the master-worker link, a fingerprint instead
     report.on_init(environment, runner)  # refuses bad --check-* / --reports-dir before any server starts
     capacity.on_init(environment, runner)  # refuses a --find-capacity that cannot sweep (exit 2); workers take steps
     lifecycle.on_init(environment, runner)  # gRPC cooperative, Ctrl-C, embedded Milvus, headless set-up

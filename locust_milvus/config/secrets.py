@@ -169,3 +169,69 @@ def read_dotenv() -> None:
     the environment right after importing the locustfile, before any init listener, so the file is read at import
     (plugin.install); variables already set in the environment win."""
     load_dotenv(find_dotenv(usecwd=True), override=False)
+
+
+# --- secrets stay home: nothing secret on the master-worker link -------------------------------------------------
+# Locust sends the master's parsed options to every worker at each test start, over ZeroMQ in clear. Secret options
+# (the token) are taken out of that message; each worker reads its own from its environment or ./.env. A keyed
+# fingerprint travels instead, so that a worker with another token, or none, refuses at start with one line.
+TOKEN_CHECK = "locust_milvus_token_check"
+_FINGERPRINT_ROUNDS = 100_000  # PBKDF2: the fingerprint on the wire must not be a cheap way to test guesses
+
+
+def fingerprint(token: str, salt: str) -> str | None:
+    import hashlib
+
+    if not token:
+        return None
+    return hashlib.pbkdf2_hmac("sha256", token.encode(), salt.encode(), _FINGERPRINT_ROUNDS).hex()[:32]
+
+
+def keep_secrets_home(runner) -> None:
+    """On a master: every message to a worker that carries the options carries no secret option, and carries the
+    token's fingerprint (TOKEN_CHECK) instead. Wraps the master's RPC server's ``send_to_client``, the one way
+    Locust sends a worker anything (locust/rpc/zmqrpc.py)."""
+    import secrets as random_secrets
+
+    server = runner.server
+    send = server.send_to_client
+    salt = random_secrets.token_hex(16)
+    cache: dict[str, str | None] = {}
+
+    def send_without_secrets(msg):
+        data = msg.data
+        if isinstance(data, dict) and isinstance(data.get("parsed_options"), dict):
+            options = data["parsed_options"]
+            token = str(options.get("milvus_token") or "")
+            if token not in cache:
+                cache.clear()
+                cache[token] = fingerprint(token, salt)
+            kept = {k: v for k, v in options.items() if not _SECRET_NAME.search(k)}
+            kept[TOKEN_CHECK] = {"salt": salt, "digest": cache[token]}
+            msg.data = {**data, "parsed_options": kept}
+        return send(msg)
+
+    server.send_to_client = send_without_secrets
+
+
+def check_worker_token(environment) -> None:
+    """On a worker at test start: its own token (from its environment or ./.env) must be the master's; raises
+    ConfigError with one line when it is not."""
+    from locust_milvus.config.settings import ConfigError
+
+    options = environment.parsed_options
+    check = getattr(options, TOKEN_CHECK, None)
+    if not isinstance(check, dict):
+        return  # a master that sends no fingerprint (not locust-milvus's wiring): nothing to compare
+    own = str(getattr(options, "milvus_token", "") or "")
+    expected = check.get("digest")
+    if expected is None and not own:
+        return
+    if expected is not None and not own:
+        raise ConfigError("this worker has no Milvus token, and the master has one (tokens never travel to "
+                          "workers): set LOCUST_MILVUS_TOKEN (or ./.env) on every worker")
+    if fingerprint(own, str(check.get("salt", ""))) != expected:
+        raise ConfigError("this worker's Milvus token is not the master's (tokens never travel to workers): set the "
+                          "same LOCUST_MILVUS_TOKEN (or ./.env) on every worker" if expected is not None else
+                          "this worker has a Milvus token and the master has none: unset LOCUST_MILVUS_TOKEN here, "
+                          "or give the master the same token")
