@@ -206,7 +206,7 @@ def on_test_start(environment, **_kwargs) -> None:
         total_users = (run_options(environment).total_users if isinstance(runner, WorkerRunner)
                        else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
-        astore = get_bridge().run(open_async_store(settings)) if needs_async else None
+        astore = open_async_store(settings, get_bridge().run) if needs_async else None
         if astore is not None:
             _close_at_exit(astore)
         truth = None

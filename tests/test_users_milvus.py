@@ -30,7 +30,7 @@ make_grpc_cooperative()
 def build_state(settings) -> RunState:
     ledger = IdLedger()
     prepare_collection(settings, ledger)
-    astore = get_bridge().run(open_async_store(settings))
+    astore = open_async_store(settings, get_bridge().run)
     # Every operation weighted, so that the pools every operation may use are built (tests call any of them).
     settings = dataclasses.replace(settings, weights={name: 1 for name in TABLE})
     return RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore)
@@ -207,7 +207,7 @@ def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, colle
     ledger = IdLedger(track=True)
     prepare_collection(settings, ledger)
     state = RunState(settings=settings, store=open_store(settings), ledger=ledger,
-                     astore=get_bridge().run(open_async_store(settings)))
+                     astore=open_async_store(settings, get_bridge().run))
     user, events = user_with_events(user_class, state)
     user.execute(TABLE["search"])  # warm: connections exist
     events.clear()

@@ -8,6 +8,8 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 from langchain_milvus import Milvus
@@ -139,14 +141,32 @@ def open_store(settings: Settings) -> Milvus:
     return store
 
 
-async def open_async_store(settings: Settings) -> Milvus:
-    """The store for async calls, built on the bridge's loop (run it with ``get_bridge().run``).
+def open_async_store(settings: Settings, run_on_loop: Callable[[Coroutine], Any]) -> Milvus:
+    """The store for async calls: built on the hub thread, its async client made on the bridge's loop.
 
-    pymilvus binds an AsyncMilvusClient's connection to the loop of the thread that built the store; one built
-    in the hub thread fails on the loop with "attached to a different loop" (bridge.py, trap 3). The build
-    makes two quick sync calls on the loop thread, once per test, before any load.
+    ``run_on_loop``: the bridge's ``run`` (runtime/bridge.py). Two constraints meet here:
+
+    - pymilvus binds an AsyncMilvusClient's connection to the loop of the thread that made it; one made in the hub
+      thread fails on the loop with "attached to a different loop" (bridge.py, trap 3). So the async client is
+      made on the loop.
+    - LangChain's ``Milvus(...)`` also makes a sync MilvusClient and calls it (connect, has_collection). On the
+      loop thread those sync gRPC calls go through grpc's gevent poller from a thread that is not the hub's, on a
+      channel pymilvus shares with the sync store of the same process: with sync users beside async ones a worker
+      stalled its loop for 4 to 8 s per test, and hung for good at the next test's start (the web UI's restart).
+      So the store itself, with its sync calls, is built on the hub thread.
+
+    Both use LangChain's private ``_async_milvus_client`` and ``_connection_args`` (langchain-milvus 0.4.0).
     """
-    return open_store(settings)
+    from pymilvus import AsyncMilvusClient
+
+    store = open_store(settings)
+    store._async_milvus_client = None  # made in the hub thread by LangChain: bound to no loop we run
+
+    async def make_async_client() -> AsyncMilvusClient:
+        return AsyncMilvusClient(**store._connection_args)
+
+    store._async_milvus_client = run_on_loop(make_async_client())
+    return store
 
 
 def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | None = None,
