@@ -127,7 +127,7 @@ def test_report_folder_holds_every_file_with_honest_figures(both_modes):
     assert w["rows_at_start"] is not None and w["rows_at_end"] is not None
     assert w["user_classes"] == ["AsyncMilvusUser", "SyncMilvusUser"] and w["users"] == 4
     html = (folder / "summary.html").read_text()
-    assert html.count("src='data:image/png;base64,") == 2
+    assert html.count("src='data:image/png;base64,") == 3  # latency, throughput, latency over time
 
     # The configuration is there, without the token.
     assert summary["config"]["milvus_token"] == "(redacted)"

@@ -72,8 +72,10 @@ def write_run(folder: Path, data: dict, scrub: Callable[[str], str] = lambda tex
         lines = plots.timeline_lines(data, by="operation")
         if both is not None:  # the two modes' totals first: the comparison a reader looks for
             lines = {**plots.timeline_lines(data, by="mode", prefix="all operations, "), **lines}
-        plots.throughput_chart(lines, folder / "throughput.png", "Throughput over time")
+        plots.throughput_chart(lines, folder / "throughput.png", "Throughput over time", plots.spans(data))
         images.append(("throughput.png", "throughput over time"))
+        if plots.latency_over_time_chart(data, folder / "latency_over_time.png"):
+            images.append(("latency_over_time.png", "latency percentiles over time"))
     first: list[tuple] = []
     if data.get("capacity"):  # --find-capacity: the answer comes first
         from locust_milvus.capacity import answer

@@ -28,6 +28,18 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 # error keys the same way); further distinct messages are counted under one key.
 MAX_ERRORS = 200
 OTHER_ERRORS = "(other errors: more than 200 distinct messages)"
+# Latency over time: a compact histogram per series per INTERVAL_S (aligned on epoch time, so the workers'
+# intervals line up): 2 significant digits up to 60 s is 2,560 counts (20 kB), against 188 kB for the full one.
+# Once an interval can receive no more requests it is reduced to its figures and its histogram dropped, so a
+# two-hour soak keeps a few histograms per series, not 1,440.
+INTERVAL_S = 5
+INTERVAL_HIGHEST_US = 60_000_000
+INTERVAL_DIGITS = 2
+# A percentile of an interval is kept only when the interval's requests support it (one beyond it, at least).
+INTERVAL_MIN_SAMPLES = {50.0: 2, 95.0: 20, 99.0: 100}
+# On a master, an interval is final once every worker's report that could hold it has arrived (reports come every
+# 3 s); locally, once the next interval has begun.
+SETTLE_INTERVALS_MASTER = 3
 
 
 def new_histogram() -> HdrHistogram:
@@ -65,7 +77,7 @@ def percentiles_ms(histogram: HdrHistogram) -> dict[float, float]:
 class Series:
     """One (request_type, name): its histogram and its per-second success and failure counts."""
 
-    __slots__ = ("histogram", "corrected", "ok", "failed", "recall")
+    __slots__ = ("histogram", "corrected", "ok", "failed", "recall", "intervals", "settled")
 
     def __init__(self) -> None:
         self.histogram = new_histogram()
@@ -75,6 +87,8 @@ class Series:
         self.recall: dict[int, list[float]] = {}
         self.ok: dict[int, int] = {}  # epoch second -> requests that succeeded in it
         self.failed: dict[int, int] = {}
+        self.intervals: dict[int, HdrHistogram] = {}  # interval index (epoch // INTERVAL_S) -> open histogram
+        self.settled: dict[int, list] = {}  # interval index -> [count, p50, p95, p99, max] ms (None: unsupported)
 
 
 class Recorder:
@@ -95,9 +109,15 @@ class Recorder:
         self.first_s: float | None = None  # wall-clock time of the first and last request recorded
         self.last_s: float | None = None
         self.pacing: dict[str, list[int]] = {}  # --target-rps: name -> [started, late, dropped] (pacing.py)
+        self._interval = 0  # the newest interval recorded here (settling starts when it changes)
+        # Intervals an interval waits before it is settled: 1 locally, SETTLE_INTERVALS_MASTER on a master, None on a
+        # worker (it sends its open intervals to the master and keeps none).
+        self.settle_after: int | None = 1
 
     def reset(self) -> None:
+        settle_after = self.settle_after
         self.__init__(self.modes)
+        self.settle_after = settle_after
 
     def mode_of(self, request_type: str) -> str:
         return self.modes.get(request_type, request_type)
@@ -110,6 +130,14 @@ class Recorder:
             series = self.series[(request_type, name)] = Series()
         if response_time is not None:
             _record_ms(series.histogram, response_time)
+            index = int(now // INTERVAL_S)
+            h = series.intervals.get(index)
+            if h is None:
+                h = series.intervals[index] = new_interval_histogram()
+            h.record_value(min(max(int(response_time * 1000.0 + 0.5), 0), INTERVAL_HIGHEST_US))
+            if index != self._interval and self.settle_after is not None:  # once per interval, not per request
+                self._interval = index
+                self.settle(index - self.settle_after)
         if context:
             if "corrected_ms" in context:
                 if series.corrected is None:
@@ -144,6 +172,12 @@ class Recorder:
                 mine[i] += value
         return out
 
+    def settle(self, before: int) -> None:
+        """Reduce every interval older than ``before`` to its figures and drop its histogram."""
+        for series in self.series.values():
+            for index in [i for i in series.intervals if i < before]:
+                series.settled[index] = interval_figures(series.intervals.pop(index))
+
     def drain(self, with_pacing: bool = True) -> dict:
         """What was recorded since the last drain, as msgpack-friendly data for ``report_to_master``; then reset.
         ``with_pacing``: also hand over this process's --target-rps start counts (the run's recorder does; a
@@ -160,6 +194,7 @@ class Recorder:
                     "recall": [[sec, *r] for sec, r in s.recall.items()],
                     "seconds": [[sec, s.ok.get(sec, 0), s.failed.get(sec, 0)]
                                 for sec in sorted(s.ok.keys() | s.failed.keys())],
+                    "intervals": [[index, h.encode().decode("ascii")] for index, h in s.intervals.items()],
                 }
                 for (request_type, name), s in self.series.items()
             ],
@@ -185,6 +220,11 @@ class Recorder:
                 if series.corrected is None:
                     series.corrected = new_histogram()
                 merge_into(series.corrected, HdrHistogram.decode(item["corrected"]))
+            for index, encoded in item.get("intervals", ()):
+                h = series.intervals.get(index)
+                if h is None:
+                    h = series.intervals[index] = new_interval_histogram()
+                h.add(HdrHistogram.decode(encoded))
             for sec, ok, failed in item["seconds"]:
                 if ok:
                     series.ok[sec] = series.ok.get(sec, 0) + ok
@@ -200,6 +240,27 @@ class Recorder:
             theirs, ours = payload.get(attr), getattr(self, attr)
             if theirs is not None:
                 setattr(self, attr, theirs if ours is None else pick(ours, theirs))
+        if self.settle_after is not None:
+            self.settle(int(time.time() // INTERVAL_S) - self.settle_after)
+
+    def latency_over_time(self, key: tuple[str, str]) -> dict[int, list]:
+        """A series' figures per interval index, settled or still open: [count, p50, p95, p99, max] in ms."""
+        series = self.series[key]
+        return {**series.settled, **{i: interval_figures(h) for i, h in series.intervals.items()}}
+
+
+def new_interval_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, INTERVAL_HIGHEST_US, INTERVAL_DIGITS)
+
+
+def interval_figures(h: HdrHistogram) -> list:
+    """[count, p50, p95, p99, max] in ms; a percentile the interval's count does not support is None."""
+    count = h.get_total_count()
+    if not count:
+        return [0, None, None, None, None]
+    values = h.get_percentile_to_value_dict(list(INTERVAL_MIN_SAMPLES))
+    return [count, *(round(values[p] / 1000.0, 3) if count >= n else None for p, n in INTERVAL_MIN_SAMPLES.items()),
+            round(h.get_max_value() / 1000.0, 3)]
 
 
 def _add_recall(by_second: dict[int, list[float]], second: int, value: list[float]) -> None:

@@ -35,7 +35,7 @@ from locust_milvus.config.secrets import redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.report import describe, findings, gates, plots, server_metrics, summary
 from locust_milvus.report import folder as report_folder
-from locust_milvus.report.histograms import Recorder
+from locust_milvus.report.histograms import SETTLE_INTERVALS_MASTER, Recorder
 from locust_milvus.workload.base import request_names
 from locust_milvus.workload.operations import TABLE
 from locust_milvus.workload.request_events import MODE_NAMES
@@ -94,7 +94,10 @@ def on_init(environment, runner=None) -> None:
     global _environment
     _environment = environment
     if isinstance(runner, WorkerRunner):
+        recorder.settle_after = None  # a worker sends its open latency intervals to the master
         return
+    if isinstance(runner, MasterRunner):
+        recorder.settle_after = SETTLE_INTERVALS_MASTER
     plots.prepare_fonts()  # this process draws the charts: now, before any gRPC thread exists (plots.py says why)
     o = run_options(environment)
     if not o.values:

@@ -11,8 +11,82 @@ from pathlib import Path
 
 from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS
 
-MAX_LINES = 10  # throughput lines beyond this many (the smallest by requests) would be unreadable
+MAX_LINES = 12  # lines beyond this many (the smallest by requests) are not drawn, and the figure says so
 DPI = 100
+SMOOTH_S = 5  # throughput is drawn as a centred moving average over this many seconds
+_MODE_STYLE = {"sync": "-", "async": "--"}  # sync and async of one operation: one hue, solid and dashed
+
+
+def _hue(name: str, names: list[str]):
+    """One colour per operation (its sync and async lines share it), from matplotlib's tab10 cycle."""
+    from matplotlib import colormaps
+
+    if name.startswith("all operations"):
+        return "#333333"
+    pool = sorted({n for n in names if not n.startswith("all operations")})
+    return colormaps["tab10"](pool.index(name) % 10)
+
+
+def _split(label: str) -> tuple[str, str]:
+    """"search (sync)" -> ("search", "sync"); "all operations, async" -> ("all operations", "async")."""
+    if label.endswith(")") and " (" in label:
+        name, mode = label[:-1].rsplit(" (", 1)
+        return name, mode
+    if ", " in label:
+        name, mode = label.rsplit(", ", 1)
+        return name, mode
+    return label, ""
+
+
+def spans(summary: dict) -> list[tuple[float, float, str, str]]:
+    """Time spans to mark on a time axis, in seconds from the timeline's t0: (start, end, kind, label), kind one of
+    "step" (a --find-capacity step's judged part; "step-failed" when it failed), "outage" (seconds where at least
+    half the requests failed) and "stall" (seconds without any request between the first and the last)."""
+    timeline = summary.get("timeline") or {}
+    t0, series = timeline.get("t0"), timeline.get("series") or []
+    out: list[tuple[float, float, str, str]] = []
+    if t0 is None:
+        return out
+    for step in (summary.get("capacity") or {}).get("steps", ()):
+        if step.get("judged_from_s") is not None:
+            out.append((step["judged_from_s"] - t0, step["judged_to_s"] - t0,
+                        "step" if step["verdict"] == "pass" else "step-failed", f"step {step['index']}"))
+    n = len(series[0]["ok"]) if series else 0
+    total = [sum(s["ok"][i] + s["failed"][i] for s in series) for i in range(n)]
+    failed = [sum(s["failed"][i] for s in series) for i in range(n)]
+    for kind, flags in (("outage", [t > 0 and f * 2 >= t for t, f in zip(total, failed, strict=True)]),
+                        ("stall", [t == 0 for t in total])):
+        start = None
+        for i, flag in enumerate([*flags, False]):
+            if flag and start is None:
+                start = i
+            elif not flag and start is not None:
+                if kind == "outage" or i - start >= 2:  # a quiet second is no stall
+                    out.append((float(start), float(i), kind, kind))
+                start = None
+    return out
+
+
+_SPAN_STYLE = {"step": ("#2ca02c", 0.08), "step-failed": ("#d62728", 0.08), "outage": ("#d62728", 0.25),
+               "stall": ("#7f7f7f", 0.25)}
+
+
+def _mark_spans(ax, marks: list[tuple[float, float, str, str]]) -> None:
+    for start, end, kind, label in marks:
+        colour, alpha = _SPAN_STYLE[kind]
+        ax.axvspan(start, end, color=colour, alpha=alpha, linewidth=0)
+        if kind.startswith("step"):
+            ax.text((start + end) / 2, 1.0, label.replace("step ", "s"), transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=7, color=colour)
+
+
+def _legend_outside(fig, ax, note: str | None = None) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=8, color="#555")
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
 
 
 def prepare_fonts() -> None:
@@ -56,33 +130,86 @@ def latency_chart(groups: list[str], sides: dict[str, dict[str, dict]], path: Pa
         ax.set_yscale("log")
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel("milliseconds (log scale)")
-    axes[-1].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    # one legend for every panel, above them, outside the bars
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=8, ncol=len(sides))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=DPI)
     return path
 
 
-def throughput_chart(lines: dict[str, tuple[list[float], list[float], list[float]]], path: Path, title: str) -> Path:
+def throughput_chart(lines: dict[str, tuple[list[float], list[float], list[float]]], path: Path, title: str,
+                     marks: list[tuple[float, float, str, str]] | None = None) -> Path:
     """Requests per second over time: ``lines`` maps a label to (seconds since start, requests/s, failures/s).
 
     Failures, when a line has any, are drawn dashed in the same colour. Per-second counts are plotted as they are
     (no smoothing); the first and last seconds are partial.
     """
-    fig = _figure(10.0, 4.2)
+    fig = _figure(12.0, 4.6)
     ax = fig.subplots()
-    for label, (xs, ok, failed) in list(lines.items())[:MAX_LINES]:
-        (line,) = ax.plot(xs, ok, label=label, linewidth=1.2)
-        if any(failed):
-            ax.plot(xs, failed, linestyle="--", color=line.get_color(), linewidth=1, label=f"{label} failures")
-    ax.set_xlabel("second of the test (0: the second of its first request)")
-    ax.set_ylabel("requests per second")
+    names = [_split(label)[0] for label in lines]
+    drawn = list(lines.items())[:MAX_LINES]
+    for label, (xs, ok, failed) in drawn:
+        name, mode = _split(label)
+        colour = _hue(name, names)
+        ax.plot(xs, _smooth(ok), label=label, linewidth=1.3, color=colour, linestyle=_MODE_STYLE.get(mode, ":"))
+        bad = [(x, f) for x, f in zip(xs, failed, strict=True) if f]
+        if bad:  # failures: red crosses at the seconds they happened, their count per second
+            ax.scatter(*zip(*bad, strict=True), marker="x", s=18, color="#d62728", zorder=5,
+                       label=f"{label}: failures per second")
+    _mark_spans(ax, marks or [])
+    ax.set_xlabel("seconds from the test's first request")
+    ax.set_ylabel(f"requests per second ({SMOOTH_S} s moving average)")
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
-    if lines:
-        ax.legend(fontsize=8, ncol=2)
     ax.set_title(title)
-    fig.tight_layout()
+    left_out = len(lines) - len(drawn)
+    _legend_outside(fig, ax, f"{left_out} smaller series not drawn (every series is in summary.json, timeline)"
+                    if left_out else None)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _smooth(values: list[float]) -> list[float]:
+    half = SMOOTH_S // 2
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - half):i + half + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def latency_over_time_chart(summary: dict, path: Path, title: str = "Latency over time") -> Path | None:
+    """Per operation and mode, p50 (thin) and p99 (thick) per interval, log scale; sync solid, async dashed in the
+    operation's hue; capacity steps, outages and stalls shaded. None when no interval has figures."""
+    timeline = summary.get("timeline") or {}
+    series = [s for s in timeline.get("series") or () if any(p["count"] for p in s.get("latency", ()))]
+    if not series:
+        return None
+    series.sort(key=lambda s: -sum(p["count"] for p in s["latency"]))
+    names = [s["name"] for s in series]
+    fig = _figure(12.0, 4.8)
+    ax = fig.subplots()
+    width = timeline.get("interval_s", 5)
+    drawn = series[:MAX_LINES // 2 * 2]
+    for s in drawn:
+        colour, style = _hue(s["name"], names), _MODE_STYLE.get(s["mode"], ":")
+        xs = [p["t"] + width / 2 for p in s["latency"]]
+        for key, lw in (("p50_ms", 0.9), ("p99_ms", 2.0)):
+            ys = [p[key] if p[key] is not None else float("nan") for p in s["latency"]]
+            if any(y == y for y in ys):  # not all NaN
+                ax.plot(xs, ys, color=colour, linestyle=style, linewidth=lw, marker=".", markersize=3,
+                        label=f"{s['name']} ({s['mode']}) {key[:3]}")
+    _mark_spans(ax, spans(summary))
+    ax.set_yscale("log")
+    ax.set_xlabel(f"seconds from the test's first request ({width} s intervals)")
+    ax.set_ylabel("latency, ms (log scale)")
+    ax.grid(which="both", alpha=0.3)
+    ax.set_title(title + ": p50 thin, p99 thick; sync solid, async dashed")
+    left_out = len(series) - len(drawn)
+    notes = [f"{left_out} smaller series not drawn (every series is in summary.json, timeline)"] if left_out else []
+    notes.append("a percentile is drawn where its interval has enough requests (p99: 100)")
+    _legend_outside(fig, ax, "; ".join(notes))
     fig.savefig(path, dpi=DPI)
     return path
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from locust_milvus.config.secrets import REDACTED
 from locust_milvus.report import server_metrics
-from locust_milvus.report.histograms import PERCENTILES, Recorder, percentiles_ms
+from locust_milvus.report.histograms import INTERVAL_S, PERCENTILES, Recorder, percentiles_ms
 
 SCHEMA = 1
 PERCENTILE_KEYS = {p: "p" + f"{p:g}".replace(".", "") for p in PERCENTILES}  # 99.9 -> "p999"
@@ -133,14 +133,29 @@ def _timeline(recorder: Recorder) -> dict:
             ok[sec - t0] = c
         for sec, c in series.failed.items():
             failed[sec - t0] = c
-        item = {"name": op, "mode": recorder.mode_of(request_type), "ok": ok, "failed": failed}
+        item = {"name": op, "mode": recorder.mode_of(request_type), "ok": ok, "failed": failed,
+                "latency": _latency_over_time(recorder, (request_type, op), t0, n)}
         if series.recall:  # mean recall@k per second (None: no search judged in that second)
             item["recall"] = [None] * n
             for sec, (total, judged, _low) in series.recall.items():
                 if 0 <= sec - t0 < n:
                     item["recall"][sec - t0] = total / judged
         out.append(item)
-    return {"t0": t0, "series": out}
+    return {"t0": t0, "interval_s": INTERVAL_S, "series": out}
+
+
+def _latency_over_time(recorder: Recorder, key: tuple[str, str], t0: int, n: int) -> list[dict]:
+    """Per INTERVAL_S from the interval holding t0 to the one holding t0 + n - 1: requests and p50, p95, p99, max
+    in ms (a percentile is None where the interval's requests do not support it: p99 needs 100, p95 20, p50 2).
+    ``t`` is the interval's start in seconds from t0 (negative for the first, which may start before t0)."""
+    figures = recorder.latency_over_time(key)
+    first, last = t0 // INTERVAL_S, (t0 + n - 1) // INTERVAL_S
+    out = []
+    for index in range(first, last + 1):
+        count, p50, p95, p99, top = figures.get(index, [0, None, None, None, None])
+        out.append({"t": index * INTERVAL_S - t0, "count": count, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                    "max_ms": top})
+    return out
 
 
 # --- rendering: one list of blocks, two formats --------------------------------------------------------------------
