@@ -37,6 +37,16 @@ def post(url: str, form: dict) -> dict:
         return json.loads(resp.read())
 
 
+def wait_for_page(base: str, proc: subprocess.Popen, log_path, deadline: float) -> str:
+    """Locust's start page, once its web UI answers; fails with the log if the process died or time ran out."""
+    while True:
+        try:
+            return get(base + "/")
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+
+
 def request_counts(base: str) -> dict[str, tuple[int, int]]:
     stats = json.loads(get(f"{base}/stats/requests"))["stats"]
     return {s["name"]: (s["num_requests"], s["num_failures"]) for s in stats if s["name"] != "Aggregated"}
@@ -64,13 +74,7 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
                                   env=child_env({"LOCUST_MILVUS_TOKEN": "s3cret-token"}))
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                page = get(base + "/")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
-                time.sleep(0.5)
+        page = wait_for_page(base, proc, tmp_path / "locust.log", deadline)
         for dest in ("add_weight", "search_weight", "delete_weight", "async_concurrency", "milvus_timeout"):
             assert dest in page, dest
         assert "s3cret-token" not in page and "milvus_token" not in page  # the token never reaches the browser
@@ -121,13 +125,7 @@ def test_web_ui_capacity_checkbox_runs_a_sweep_that_stops_its_test(milvus, colle
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env())
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                page = get(base + "/")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
-                time.sleep(0.5)
+        page = wait_for_page(base, proc, tmp_path / "locust.log", deadline)
         # the checkbox: a boolean option of the start form (Locust draws a check box for a bool default)
         assert re.search(r'"find_capacity": \{[^}]*"default_value": false', page), page[-3000:]
         # An SLO no step can meet: the sweep ends after its first step, and stops the test by itself.
