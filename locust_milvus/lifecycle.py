@@ -27,7 +27,7 @@ from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
-from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, verify
+from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, count_rows, verify
 from locust_milvus.runtime import quiet_logs, shutdown
 from locust_milvus.runtime.bridge import close_bridge, get_bridge
 from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
@@ -130,12 +130,17 @@ def _source(settings) -> DocSource:
     return _sources[key]
 
 
+rows_at_start: int | None = None  # the collection's rows once set-up is done (the report's workload)
+
+
 def _prepare(settings) -> IdLedger:
     """Prepare the collection once for a test; returns the ledger holding the pre-populated ids."""
+    global rows_at_start
     ledger = IdLedger(track=settings.verify)
     key = (settings.uri, settings.collection)
     prepare_collection(settings, ledger, owned_here=key in _created, source=_source(settings))
     _created.add(key)
+    rows_at_start = count_rows(settings)  # before any load, and before the monitor measures the hub
     return ledger
 
 

@@ -127,7 +127,6 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     ev.test_start.add_listener(capacity.on_test_start)  # the sweep's plan (or, on a worker, no step yet)
     ev.test_start.add_listener(lifecycle.on_test_start)  # set-up: collection, stores, run state
     ev.test_start.add_listener(health.on_test_start)  # after set-up: the bridge, if any, exists now
-    ev.test_start.add_listener(report.after_setup)  # the collection's rows before any load
     ev.test_start.add_listener(report.start_scraping)  # baseline after pre-population, before the first request
     if run_page is not None:
         ev.test_start.add_listener(run_page.new_test)

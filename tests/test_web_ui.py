@@ -138,9 +138,12 @@ def test_web_ui_capacity_checkbox_runs_a_sweep_that_stops_its_test(milvus, colle
         while json.loads(get(base + "/stats/requests"))["state"] != "stopped":
             assert time.monotonic() < deadline + 90, "the sweep did not stop its test"
             time.sleep(0.5)
-        time.sleep(1)
-        [folder] = list((tmp_path / "reports").iterdir())
-        capacity = json.loads((folder / "summary.json").read_text())["capacity"]
+        # the folder is written as the test stops (its plots take a moment)
+        while not list((tmp_path / "reports").glob("*/summary.json")):
+            assert time.monotonic() < deadline + 120, "no report written"
+            time.sleep(0.5)
+        [path] = list((tmp_path / "reports").glob("*/summary.json"))
+        capacity = json.loads(path.read_text())["capacity"]
         assert capacity["ended"] == "first" and len(capacity["steps"]) == 1
         assert capacity["steps"][0]["planned_rps"] == {"search": 20.0}
     finally:

@@ -66,8 +66,6 @@ class _Test:
     workers: int = 0  # on a master, the workers when the test started (they are gone by quitting)
     scraper: server_metrics.Scraper | None = None  # Milvus's own metrics, when scraped
     options: RunOptions = RunOptions({})  # as they were when the test started
-    rows_at_start: int | None = None  # the collection's rows after set-up and at the end (describe.workload)
-    rows_at_end: int | None = None
 
 
 _test: _Test | None = None
@@ -169,19 +167,11 @@ def _count_rows(environment) -> int | None:
         return None
 
 
-def after_setup(environment, **_kwargs) -> None:
-    """A test_start listener after lifecycle's set-up: the collection's rows before any load, for the workload."""
-    test = _test
-    if not isinstance(environment.runner, WorkerRunner) and test is not None and not test.written:
-        test.rows_at_start = _count_rows(environment)
-
-
 def on_test_stop(environment, **_kwargs) -> None:
     test = _test
     if isinstance(environment.runner, WorkerRunner) or test is None or test.written:
         return
     test.stopped_s = time.time()
-    test.rows_at_end = _count_rows(environment)  # users have stopped: the collection as the test left it
     if test.scraper is not None:
         # Now, before lifecycle's test_stop (--verify queries the collection): users have stopped, and on a master
         # the workers too (Locust fires test_stop once they report no users).
@@ -230,7 +220,10 @@ def _write(environment, test: _Test) -> None:
                          meta=_meta(environment, test))
     store = sys.modules.get("locust_milvus.milvus.store")  # loaded by set-up; None if set-up never ran
     data["versions"] = describe.versions(getattr(store, "server_version", None))
-    data["workload"] = describe.workload(o, test.rows_at_start, test.rows_at_end)
+    # Rows at start: counted by set-up, before the monitor measures the hub; at the end: now, with the users stopped
+    # (a new client's connect waits on a gRPC future, which would count as hub lag while users run).
+    lifecycle = sys.modules.get("locust_milvus.lifecycle")
+    data["workload"] = describe.workload(o, getattr(lifecycle, "rows_at_start", None), _count_rows(environment))
     data["workload"]["user_classes"] = data["user_classes"]
     if test.scraper is not None:
         test.scraper.finish()  # a web UI test restarted before it stopped
