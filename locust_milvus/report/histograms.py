@@ -28,17 +28,23 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 # error keys the same way); further distinct messages are counted under one key.
 MAX_ERRORS = 200
 OTHER_ERRORS = "(other errors: more than 200 distinct messages)"
-# Latency over time: a compact histogram per series per INTERVAL_S (aligned on epoch time, so the workers'
-# intervals line up): 2 significant digits up to 60 s is 2,560 counts (20 kB), against 188 kB for the full one.
-# Once an interval can receive no more requests it is reduced to its figures and its histogram dropped, so a
-# two-hour soak keeps a few histograms per series, not 1,440.
+# Latency over time: per series, the requests of each INTERVAL_S (intervals aligned on epoch time, so the workers'
+# intervals line up) at 2 significant digits, HdrHistogram's bucketing. A process that runs users counts them in a
+# sparse dict {bucket's lowest value in us: count} (a dict increment per request, not a second ``record_value``: see
+# Recorder), folded into a compact HdrHistogram (1 us .. 1 h at 2 digits: 3,200 counts, 25 kB, against 188 kB for the
+# full one) only when a worker sends it; a master adds the workers' histograms. Once an interval can receive no more
+# requests it is reduced to its figures and its histogram (or dict) dropped, so a two-hour soak keeps a few per
+# series, not 1,440.
 INTERVAL_S = 5
-INTERVAL_HIGHEST_US = 60_000_000
+INTERVAL_HIGHEST_US = HIGHEST_US  # as the run's histograms: a 70 s timeout is 70 s here too, not clamped
 INTERVAL_DIGITS = 2
+_SUB_BUCKET_BITS = 8  # 2 significant digits: HdrHistogram's 256 sub-buckets (exact below 256 us, then 128 per octave)
 # A percentile of an interval is kept only when the interval's requests support it (one beyond it, at least).
 INTERVAL_MIN_SAMPLES = {50.0: 2, 95.0: 20, 99.0: 100}
-# On a master, an interval is final once every worker's report that could hold it has arrived (reports come every
-# 3 s); locally, once the next interval has begun.
+# On a master, an interval is final once every worker report that can hold it has arrived. Workers report every 3 s,
+# so an interval's last requests reach the master within about 2 reports of its end; the master settles an interval
+# SETTLE_INTERVALS_MASTER intervals after the current one began, i.e. 15 to 20 s after the interval's end (two reports
+# and 9 s or more of margin for a busy worker's late report). Locally an interval is final once the next has begun.
 SETTLE_INTERVALS_MASTER = 3
 
 
@@ -77,7 +83,7 @@ def percentiles_ms(histogram: HdrHistogram) -> dict[float, float]:
 class Series:
     """One (request_type, name): its histogram and its per-second success and failure counts."""
 
-    __slots__ = ("histogram", "corrected", "ok", "failed", "recall", "intervals", "settled")
+    __slots__ = ("histogram", "corrected", "ok", "failed", "recall", "intervals", "merged", "settled")
 
     def __init__(self) -> None:
         self.histogram = new_histogram()
@@ -87,17 +93,22 @@ class Series:
         self.recall: dict[int, list[float]] = {}
         self.ok: dict[int, int] = {}  # epoch second -> requests that succeeded in it
         self.failed: dict[int, int] = {}
-        self.intervals: dict[int, HdrHistogram] = {}  # interval index (epoch // INTERVAL_S) -> open histogram
-        self.settled: dict[int, list] = {}  # interval index -> [count, p50, p95, p99, max] ms (None: unsupported)
+        # Latency over time, by interval index (epoch seconds // INTERVAL_S): the open intervals this process
+        # recorded ({bucket's lowest us: count}), those its workers sent (a master), and the settled ones' figures,
+        # [count, p50, p95, p99, max] in ms (a percentile None where the count does not support it).
+        self.intervals: dict[int, dict[int, int]] = {}
+        self.merged: dict[int, HdrHistogram] = {}
+        self.settled: dict[int, list] = {}
 
 
 class Recorder:
     """Everything one process recorded since its last reset (a master: what its workers reported).
 
     ``record`` is a listener of ``environment.events.request`` and runs on the gevent hub for every request:
-    it is kept to a dict lookup, one ``record_value`` and one per-second increment. Measured on this project's
-    machine (tests/test_report.py::test_recording_is_cheap prints it): about 1.5 us per request, about 0.2 % of
-    the 650 us of client CPU a search costs (docs/benchmarks.md).
+    it is kept to a dict lookup, one ``record_value``, one per-interval and one per-second increment. Measured on
+    this project's machine (tests/test_report.py::test_recording_is_cheap prints it): about 1.7 us per request
+    (1.3 us before latency over time; a second ``record_value`` into the interval's histogram would have made it
+    2.6 us), about 0.3 % of the 650 us of client CPU a search costs (docs/benchmarks.md).
     """
 
     def __init__(self, modes: dict[str, str] | None = None) -> None:
@@ -109,10 +120,10 @@ class Recorder:
         self.first_s: float | None = None  # wall-clock time of the first and last request recorded
         self.last_s: float | None = None
         self.pacing: dict[str, list[int]] = {}  # --target-rps: name -> [started, late, dropped] (pacing.py)
-        self._interval = 0  # the newest interval recorded here (settling starts when it changes)
-        # Intervals an interval waits before it is settled: 1 locally, SETTLE_INTERVALS_MASTER on a master, None on a
-        # worker (it sends its open intervals to the master and keeps none).
-        self.settle_after: int | None = 1
+        self._interval = 0  # the newest interval recorded here (settling runs when it changes)
+        # Interval i is settled once the current interval is past i + settle_after: 0 locally (once closed),
+        # SETTLE_INTERVALS_MASTER on a master, None on a worker (it sends its open intervals and keeps none).
+        self.settle_after: int | None = 0
 
     def reset(self) -> None:
         settle_after = self.settle_after
@@ -129,15 +140,21 @@ class Recorder:
         if series is None:
             series = self.series[(request_type, name)] = Series()
         if response_time is not None:
-            _record_ms(series.histogram, response_time)
+            us = int(response_time * 1000.0 + 0.5)
+            # out of range values would be dropped silently by record_value: clamp them into the histogram
+            series.histogram.record_value(us if 0 <= us <= HIGHEST_US else (0 if us < 0 else HIGHEST_US))
             index = int(now // INTERVAL_S)
-            h = series.intervals.get(index)
-            if h is None:
-                h = series.intervals[index] = new_interval_histogram()
-            h.record_value(min(max(int(response_time * 1000.0 + 0.5), 0), INTERVAL_HIGHEST_US))
-            if index != self._interval and self.settle_after is not None:  # once per interval, not per request
-                self._interval = index
-                self.settle(index - self.settle_after)
+            buckets = series.intervals.get(index)
+            if buckets is None:
+                buckets = series.intervals[index] = {}
+                if index != self._interval and self.settle_after is not None:  # once per interval, not per request
+                    self._interval = index
+                    self.settle(index - self.settle_after)
+            # HdrHistogram's bucket at 2 significant digits, as its lowest value: two integer operations and a dict
+            # increment (0.4 us), where a second record_value would cost 1.2 us (its index arithmetic is Python)
+            shift = us.bit_length() - _SUB_BUCKET_BITS
+            key = us if shift <= 0 else us >> shift << shift
+            buckets[key] = buckets.get(key, 0) + 1
         if context:
             if "corrected_ms" in context:
                 if series.corrected is None:
@@ -173,10 +190,15 @@ class Recorder:
         return out
 
     def settle(self, before: int) -> None:
-        """Reduce every interval older than ``before`` to its figures and drop its histogram."""
+        """Reduce every interval older than ``before`` to its figures and drop its counts (tens of us each: once per
+        interval locally, once per worker report on a master; never per request)."""
         for series in self.series.values():
-            for index in [i for i in series.intervals if i < before]:
-                series.settled[index] = interval_figures(series.intervals.pop(index))
+            for index in {i for i in (*series.intervals, *series.merged) if i < before}:
+                buckets, merged = series.intervals.pop(index, None), series.merged.pop(index, None)
+                if index in series.settled:  # requests after it was settled (the clock set back): see _late
+                    _late(series.settled[index], _fold(buckets, merged))
+                else:
+                    series.settled[index] = _figures(buckets, merged)
 
     def drain(self, with_pacing: bool = True) -> dict:
         """What was recorded since the last drain, as msgpack-friendly data for ``report_to_master``; then reset.
@@ -194,7 +216,11 @@ class Recorder:
                     "recall": [[sec, *r] for sec, r in s.recall.items()],
                     "seconds": [[sec, s.ok.get(sec, 0), s.failed.get(sec, 0)]
                                 for sec in sorted(s.ok.keys() | s.failed.keys())],
-                    "intervals": [[index, h.encode().decode("ascii")] for index, h in s.intervals.items()],
+                    # a worker's open intervals, folded into compact histograms (merged ones: none on a worker)
+                    "intervals": [[index, _fold(buckets, s.merged.get(index)).encode().decode("ascii")]
+                                  for index, buckets in s.intervals.items()]
+                    + [[index, h.encode().decode("ascii")] for index, h in s.merged.items()
+                       if index not in s.intervals],
                 }
                 for (request_type, name), s in self.series.items()
             ],
@@ -221,10 +247,14 @@ class Recorder:
                     series.corrected = new_histogram()
                 merge_into(series.corrected, HdrHistogram.decode(item["corrected"]))
             for index, encoded in item.get("intervals", ()):
-                h = series.intervals.get(index)
+                theirs = HdrHistogram.decode(encoded)
+                if index in series.settled:
+                    _late(series.settled[index], theirs)
+                    continue
+                h = series.merged.get(index)
                 if h is None:
-                    h = series.intervals[index] = new_interval_histogram()
-                h.add(HdrHistogram.decode(encoded))
+                    h = series.merged[index] = new_interval_histogram()
+                h.add(theirs)
             for sec, ok, failed in item["seconds"]:
                 if ok:
                     series.ok[sec] = series.ok.get(sec, 0) + ok
@@ -246,21 +276,88 @@ class Recorder:
     def latency_over_time(self, key: tuple[str, str]) -> dict[int, list]:
         """A series' figures per interval index, settled or still open: [count, p50, p95, p99, max] in ms."""
         series = self.series[key]
-        return {**series.settled, **{i: interval_figures(h) for i, h in series.intervals.items()}}
+        out = dict(series.settled)
+        for index in series.intervals.keys() | series.merged.keys():
+            if index not in out:
+                out[index] = _figures(series.intervals.get(index), series.merged.get(index))
+        return out
 
 
 def new_interval_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_US, INTERVAL_HIGHEST_US, INTERVAL_DIGITS)
 
 
+def _bucket(us: int) -> int:
+    """The lowest value of ``us``'s bucket at 2 significant digits (as recorded), within the interval's range."""
+    us = 0 if us < 0 else min(us, INTERVAL_HIGHEST_US)
+    shift = us.bit_length() - _SUB_BUCKET_BITS
+    return us if shift <= 0 else us >> shift << shift
+
+
+def _fold(buckets: dict[int, int] | None, into: HdrHistogram | None = None) -> HdrHistogram:
+    """An interval's compact histogram from its bucket counts (one record_value per bucket, not per request)."""
+    h = new_interval_histogram()
+    if into is not None:
+        h.add(into)
+    for us, count in (buckets or {}).items():
+        h.record_value(_bucket(us), count)
+    return h
+
+
+def _figures(buckets: dict[int, int] | None, merged: HdrHistogram | None) -> list:
+    """An interval's [count, p50, p95, p99, max] in ms, from what this process recorded and what it was sent."""
+    if merged is None:
+        return bucket_figures(buckets or {})
+    return interval_figures(_fold(buckets, merged) if buckets else merged)
+
+
 def interval_figures(h: HdrHistogram) -> list:
-    """[count, p50, p95, p99, max] in ms; a percentile the interval's count does not support is None."""
+    """[count, p50, p95, p99, max] in ms; a percentile the interval's count does not support is None (p50 needs 2
+    requests in the interval, p95 20, p99 100: INTERVAL_MIN_SAMPLES)."""
     count = h.get_total_count()
     if not count:
         return [0, None, None, None, None]
     values = h.get_percentile_to_value_dict(list(INTERVAL_MIN_SAMPLES))
     return [count, *(round(values[p] / 1000.0, 3) if count >= n else None for p, n in INTERVAL_MIN_SAMPLES.items()),
             round(h.get_max_value() / 1000.0, 3)]
+
+
+def bucket_figures(buckets: dict[int, int]) -> list:
+    """``interval_figures`` from bucket counts without building a histogram: the same figures (HdrHistogram's
+    target count per percentile, a bucket's highest equivalent value), in a sort of the few hundred buckets."""
+    count = sum(buckets.values())
+    if not count:
+        return [0, None, None, None, None]
+    merged: dict[int, int] = {}
+    for us, c in buckets.items():
+        key = _bucket(us)
+        merged[key] = merged.get(key, 0) + c
+    ordered = sorted(merged.items())
+    targets = [(n, max(int(p * count / 100 + 0.5), 1)) for p, n in INTERVAL_MIN_SAMPLES.items()]
+    out: list = [count]
+    seen, i = 0, 0
+    for n, target in targets:
+        while seen < target:
+            seen += ordered[i][1]
+            i += 1
+        out.append(round(_highest_equivalent(ordered[i - 1][0]) / 1000.0, 3) if count >= n else None)
+    out.append(round(_highest_equivalent(ordered[-1][0]) / 1000.0, 3))
+    return out
+
+
+def _highest_equivalent(bucket: int) -> int:
+    shift = bucket.bit_length() - _SUB_BUCKET_BITS
+    return bucket if shift <= 0 else bucket + (1 << shift) - 1
+
+
+def _late(figures: list, h: HdrHistogram) -> None:
+    """Requests of an interval that arrived after it was settled (a worker's report later than the settling margin,
+    the clock set back): counted, and its max raised if need be; its percentiles stay those of the requests that
+    arrived in time."""
+    if h.get_total_count():
+        figures[0] += h.get_total_count()
+        top = round(h.get_max_value() / 1000.0, 3)
+        figures[4] = top if figures[4] is None else max(figures[4], top)
 
 
 def _add_recall(by_second: dict[int, list[float]], second: int, value: list[float]) -> None:
