@@ -4,12 +4,13 @@ percentiles withheld where an interval's requests cannot support them; and the s
 from __future__ import annotations
 
 import json
+import random
 import uuid
 
 import pytest
 
-from locust_milvus.report import histograms
-from locust_milvus.report.histograms import INTERVAL_S, Recorder
+from locust_milvus.report import histograms, plots, summary
+from locust_milvus.report.histograms import INTERVAL_S, SETTLE_INTERVALS_MASTER, Recorder
 from locust_milvus.report.plots import spans
 
 from .conftest import run_locust
@@ -52,7 +53,94 @@ def test_a_long_local_run_keeps_few_histograms(monkeypatch):
     for i in range(2000):  # 2,000 intervals: about 2 h 47 min at 5 s
         feed(recorder, monkeypatch, base + i * INTERVAL_S, [3.0, 4.0])
     series = recorder.series[("langchain-sync", "search")]
-    assert len(series.intervals) <= 2 and len(series.settled) >= 1998
+    assert len(series.intervals) == 1 and not series.merged and len(series.settled) == 1999
+    # 2 significant digits, each value as the highest of its bucket (never under-reported): 3.007 and 4.015 ms
+    assert series.settled[base // INTERVAL_S] == [2, pytest.approx(3.0, rel=0.01), None, None,
+                                                  pytest.approx(4.0, rel=0.01)]
+
+
+def test_a_long_distributed_run_keeps_few_histograms_on_the_master(monkeypatch):
+    base = 1_800_000_000 - 1_800_000_000 % INTERVAL_S
+    master, worker = Recorder(), Recorder()
+    master.settle_after, worker.settle_after = SETTLE_INTERVALS_MASTER, None
+    most = 0
+    for i in range(2000):  # a report per interval (workers report every 3 s: more often, same bound)
+        feed(worker, monkeypatch, base + i * INTERVAL_S + 1, [3.0])
+        master.merge(worker.drain())
+        series = master.series[("langchain-sync", "search")]
+        most = max(most, len(series.merged) + len(series.intervals))
+    assert most <= SETTLE_INTERVALS_MASTER + 1 and len(series.settled) >= 2000 - SETTLE_INTERVALS_MASTER - 1
+    assert sum(f[0] for f in master.latency_over_time(("langchain-sync", "search")).values()) == 2000
+
+
+def test_a_report_after_its_interval_settled_is_counted_not_lost(monkeypatch):
+    base = 1_800_000_000 - 1_800_000_000 % INTERVAL_S
+    master, worker = Recorder(), Recorder()
+    master.settle_after, worker.settle_after = SETTLE_INTERVALS_MASTER, None
+    feed(worker, monkeypatch, base + 1, [2.0] * 100)
+    late = worker.drain()
+    feed(worker, monkeypatch, base + 2, [2.0] * 100)
+    master.merge(worker.drain())
+    monkeypatch.setattr(histograms.time, "time", lambda: base + 20 * INTERVAL_S)
+    master.merge({"series": []})  # settled
+    master.merge(late)  # a worker's report 100 s late
+    [figures] = master.latency_over_time(("langchain-sync", "search")).values()
+    assert figures[0] == 200 and figures[1] == pytest.approx(2.0, rel=0.01)
+
+
+@pytest.mark.parametrize("count, supported", [(1, (False, False, False)), (2, (True, False, False)),
+                                              (19, (True, False, False)), (20, (True, True, False)),
+                                              (99, (True, True, False)), (100, (True, True, True))])
+def test_a_percentile_needs_the_requests_to_support_it(monkeypatch, count, supported):
+    recorder = Recorder()
+    base = 1_800_000_000 - 1_800_000_000 % INTERVAL_S
+    feed(recorder, monkeypatch, base, [1.0 + i / 10 for i in range(count)])
+    feed(recorder, monkeypatch, base + INTERVAL_S, [1.0])  # settles the first interval
+    n, *percentiles, top = recorder.series[("langchain-sync", "search")].settled[base // INTERVAL_S]
+    assert n == count and tuple(p is not None for p in percentiles) == supported
+    assert top == pytest.approx(1.0 + (count - 1) / 10, rel=0.01)
+
+
+def test_the_bucket_counts_give_hdrhistograms_figures():
+    rng = random.Random(14)
+    for count in (1, 2, 20, 99, 100, 5000):
+        values = [int(rng.lognormvariate(rng.uniform(2, 14), rng.uniform(0.05, 2))) for _ in range(count)]
+        h, buckets = histograms.new_interval_histogram(), {}
+        for us in values:
+            h.record_value(us)
+            key = histograms._bucket(us)
+            buckets[key] = buckets.get(key, 0) + 1
+        assert histograms.bucket_figures(buckets) == histograms.interval_figures(h)
+
+
+def test_the_summary_timeline_has_intervals_aligned_from_t0(monkeypatch):
+    recorder = Recorder()
+    base = 1_800_000_000 - 1_800_000_000 % INTERVAL_S
+    feed(recorder, monkeypatch, base + 3, [0.2] * 3)  # t0 is 3 s into its interval (under 256 us: exact)
+    feed(recorder, monkeypatch, base + 2 * INTERVAL_S + 1, [0.25] * 2)  # nothing in the interval between
+    timeline = summary._timeline(recorder)
+    assert timeline["t0"] == base + 3 and timeline["interval_s"] == INTERVAL_S
+    [item] = timeline["series"]
+    assert item["latency"] == [
+        {"t": -3, "count": 3, "p50_ms": 0.2, "p95_ms": None, "p99_ms": None, "max_ms": 0.2},
+        {"t": INTERVAL_S - 3, "count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None},
+        {"t": 2 * INTERVAL_S - 3, "count": 2, "p50_ms": 0.25, "p95_ms": None, "p99_ms": None, "max_ms": 0.25}]
+
+
+def test_the_time_charts_draw_many_series_with_a_note(tmp_path):
+    n, series = 30, []
+    for op in range(8):  # 16 series: more than MAX_LINES
+        for mode in ("sync", "async"):
+            latency = [{"t": t, "count": 150, "p50_ms": 2.0 + op, "p95_ms": 4.0 + op, "p99_ms": 9.0 + op,
+                        "max_ms": 20.0} for t in range(0, n, INTERVAL_S)]
+            series.append({"name": f"op{op}", "mode": mode, "ok": [30] * n, "failed": [0] * 10 + [40] * 3 + [0] * 17,
+                           "latency": latency})
+    data = {"timeline": {"t0": 1000, "interval_s": INTERVAL_S, "series": series}}
+    assert (10.0, 13.0, "outage", "outage") in spans(data)
+    assert plots.latency_over_time_chart(data, tmp_path / "lot.png").stat().st_size > 20_000
+    lines = plots.timeline_lines(data)
+    assert len(lines) > plots.MAX_LINES
+    assert plots.throughput_chart(lines, tmp_path / "tp.png", "t", spans(data)).stat().st_size > 20_000
 
 
 def test_spans_mark_capacity_steps_outages_and_stalls():

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from locust_milvus.report.histograms import INTERVAL_MIN_SAMPLES
 from locust_milvus.report.summary import PERCENTILE_KEYS, PERCENTILE_LABELS
 
-MAX_LINES = 12  # lines beyond this many (the smallest by requests) are not drawn, and the figure says so
+MAX_LINES = 12  # series beyond this many (the smallest by requests) are not drawn, and the figure says so
 DPI = 100
 SMOOTH_S = 5  # throughput is drawn as a centred moving average over this many seconds
 _MODE_STYLE = {"sync": "-", "async": "--"}  # sync and async of one operation: one hue, solid and dashed
+# latency over time: the percentiles told apart by line width (and p99 by a marker of its own)
+_PERCENTILE_STYLE = (("p50_ms", "p50", 0.8, None), ("p95_ms", "p95", 1.5, None), ("p99_ms", "p99", 2.4, "."))
+# bars per side: sync and async keep their colours whatever the sides (async hatched, as its lines are dashed);
+# other sides (runs in ``compare``) take tab10's colours in order
+_SIDE_COLOURS = {"sync": "#1f77b4", "async": "#ff7f0e"}
+_FAILURE_COLOUR = "#d62728"
 
 
 def _hue(name: str, names: list[str]):
@@ -28,13 +35,15 @@ def _hue(name: str, names: list[str]):
 
 
 def _split(label: str) -> tuple[str, str]:
-    """"search (sync)" -> ("search", "sync"); "all operations, async" -> ("all operations", "async")."""
+    """"search (sync)" -> ("search", "sync"); "all operations, async" -> ("all operations", "async"); a compare
+    line "run-a: sync" -> ("run-a", "sync")."""
     if label.endswith(")") and " (" in label:
         name, mode = label[:-1].rsplit(" (", 1)
         return name, mode
-    if ", " in label:
-        name, mode = label.rsplit(", ", 1)
-        return name, mode
+    for sep in (", ", ": "):
+        if sep in label:
+            name, mode = label.rsplit(sep, 1)
+            return name, mode
     return label, ""
 
 
@@ -69,24 +78,44 @@ def spans(summary: dict) -> list[tuple[float, float, str, str]]:
 
 _SPAN_STYLE = {"step": ("#2ca02c", 0.08), "step-failed": ("#d62728", 0.08), "outage": ("#d62728", 0.25),
                "stall": ("#7f7f7f", 0.25)}
+_SPAN_LABEL = {"step": "capacity step, judged part (s1, s2 ...)", "step-failed": "capacity step that failed",
+               "outage": "outage: half or more of the requests failed", "stall": "stall: no request for 2 s or more"}
 
 
-def _mark_spans(ax, marks: list[tuple[float, float, str, str]]) -> None:
+def _mark_spans(ax, marks: list[tuple[float, float, str, str]]) -> list:
+    """Shade the spans on ``ax``; returns one legend handle per kind drawn (a patch of its colour)."""
+    from matplotlib.patches import Patch
+
+    kinds: dict[str, object] = {}
     for start, end, kind, label in marks:
         colour, alpha = _SPAN_STYLE[kind]
         ax.axvspan(start, end, color=colour, alpha=alpha, linewidth=0)
         if kind.startswith("step"):
             ax.text((start + end) / 2, 1.0, label.replace("step ", "s"), transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=7, color=colour)
+        if kind not in kinds:
+            kinds[kind] = Patch(color=colour, alpha=min(1.0, alpha * 2.5), label=_SPAN_LABEL[kind])
+    return [kinds[k] for k in _SPAN_STYLE if k in kinds]
 
 
-def _legend_outside(fig, ax, note: str | None = None) -> None:
+def _legend_outside(fig, ax, note: str | None = None, extra: list | None = None) -> None:
+    """The legend right of the data area (``extra``: handles of their own, e.g. shaded spans), a note below."""
     handles, labels = ax.get_legend_handles_labels()
+    for handle in extra or ():
+        handles.append(handle)
+        labels.append(handle.get_label())
     if handles:
         ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if note:
         fig.text(0.01, 0.01, note, fontsize=8, color="#555")
-    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+
+
+def _failed_seconds(summary: dict) -> list[int]:
+    """Seconds (from t0) with at least one failed request, of any series."""
+    series = (summary.get("timeline") or {}).get("series") or []
+    n = len(series[0]["failed"]) if series else 0
+    return [i for i in range(n) if any(s["failed"][i] for s in series)]
 
 
 def prepare_fonts() -> None:
@@ -116,24 +145,29 @@ def latency_chart(groups: list[str], sides: dict[str, dict[str, dict]], path: Pa
     ``sides`` maps a side's label (``sync``, ``async``, a run's name) to {group: summary row}; a group a side
     lacks has no bar. Log scale: searches of 2 ms and deletes of 300 ms share a panel.
     """
+    from matplotlib import colormaps
+
     keys = list(PERCENTILE_KEYS.values())
-    fig = _figure(max(8.0, 2.2 * len(keys) + 0.4 * len(groups) * len(keys)), 4.2)
+    fig = _figure(max(8.0, 2.2 * len(keys) + 0.4 * len(groups) * len(keys)) + 1.2, 4.2)
     axes = fig.subplots(1, len(keys), sharey=True)
     width = 0.8 / max(len(sides), 1)
+    others = iter(colormaps["tab10"].colors * 2)
+    colours = {label: _SIDE_COLOURS.get(label) or next(others) for label in sides}
     for ax, key in zip(axes, keys, strict=True):
         for i, (label, rows) in enumerate(sides.items()):
             xs = [g + (i - (len(sides) - 1) / 2) * width for g in range(len(groups))]
             ys = [(rows.get(group) or {}).get(f"{key}_ms") or 0.0 for group in groups]
-            ax.bar(xs, ys, width, label=label)
+            ax.bar(xs, ys, width, label=label, color=colours[label], edgecolor="white", linewidth=0.5,
+                   hatch="//" if label == "async" else None)
         ax.set_title(PERCENTILE_LABELS[key])
         ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].set_ylabel("milliseconds (log scale)")
+    axes[0].set_ylabel("latency, ms (log scale)")
     fig.suptitle(title)
-    # one legend for every panel, above them, outside the bars
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=8, ncol=len(sides))
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    # one legend for every panel, right of them: never over a bar
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=8, title="side", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -142,32 +176,46 @@ def throughput_chart(lines: dict[str, tuple[list[float], list[float], list[float
                      marks: list[tuple[float, float, str, str]] | None = None) -> Path:
     """Requests per second over time: ``lines`` maps a label to (seconds since start, requests/s, failures/s).
 
-    Failures, when a line has any, are drawn dashed in the same colour. Per-second counts are plotted as they are
-    (no smoothing); the first and last seconds are partial.
+    Requests (successes and failures) are drawn as a centred moving average over SMOOTH_S seconds (per-second
+    counts jump with each second's share of slow requests); an operation's sync and async lines share a colour,
+    solid and dashed. Failures are red crosses at each second's raw count. ``marks``: spans shaded on the time
+    axis (``spans``). Lines beyond MAX_LINES, the smallest, are not drawn and the figure says so.
     """
     fig = _figure(12.0, 4.6)
     ax = fig.subplots()
     names = [_split(label)[0] for label in lines]
-    drawn = list(lines.items())[:MAX_LINES]
-    for label, (xs, ok, failed) in drawn:
+    drawn = sorted(list(lines.items())[:MAX_LINES], key=lambda kv: _legend_order(kv[0]))
+    end, any_failed = 0.0, False
+    for label, (seconds, ok, failed) in drawn:
         name, mode = _split(label)
         colour = _hue(name, names)
+        xs = [x + 0.5 for x in seconds]  # second i is [i, i + 1): drawn at its middle, as the latency chart's intervals
         ax.plot(xs, _smooth(ok), label=label, linewidth=1.3, color=colour, linestyle=_MODE_STYLE.get(mode, ":"))
+        end = max(end, float(seconds[-1]) + 1 if seconds else 0.0)
         bad = [(x, f) for x, f in zip(xs, failed, strict=True) if f]
-        if bad:  # failures: red crosses at the seconds they happened, their count per second
-            ax.scatter(*zip(*bad, strict=True), marker="x", s=18, color="#d62728", zorder=5,
-                       label=f"{label}: failures per second")
-    _mark_spans(ax, marks or [])
+        if bad:  # failures: red crosses at the seconds they happened, their count per second (not smoothed)
+            ax.scatter(*zip(*bad, strict=True), marker="x", s=18, color=_FAILURE_COLOUR, zorder=5,
+                       label=None if any_failed else "failures in that second (any line)")
+            any_failed = True
+    extra = _mark_spans(ax, marks or [])
     ax.set_xlabel("seconds from the test's first request")
-    ax.set_ylabel(f"requests per second ({SMOOTH_S} s moving average)")
+    ax.set_ylabel(f"requests/s ({SMOOTH_S} s centred moving average)")
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
-    ax.set_title(title)
+    if end:
+        ax.set_xlim(0, end)
+    ax.set_title(title, pad=14 if marks else 6)  # room for the step numbers above the axis
     left_out = len(lines) - len(drawn)
-    _legend_outside(fig, ax, f"{left_out} smaller series not drawn (every series is in summary.json, timeline)"
-                    if left_out else None)
+    _legend_outside(fig, ax, f"{left_out} more series not drawn (the smallest): see summary.json, timeline"
+                    if left_out else None, extra)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _legend_order(label: str) -> tuple:
+    """The largest lines are drawn; the legend lists them by operation, sync before async, totals first."""
+    name, mode = _split(label)
+    return (not name.startswith("all operations"), name, {"sync": 0, "async": 1}.get(mode, 2), mode)
 
 
 def _smooth(values: list[float]) -> list[float]:
@@ -180,36 +228,53 @@ def _smooth(values: list[float]) -> list[float]:
 
 
 def latency_over_time_chart(summary: dict, path: Path, title: str = "Latency over time") -> Path | None:
-    """Per operation and mode, p50 (thin) and p99 (thick) per interval, log scale; sync solid, async dashed in the
-    operation's hue; capacity steps, outages and stalls shaded. None when no interval has figures."""
+    """Per operation and mode, p50, p95 and p99 per interval (``timeline.latency``), log scale, in the operation's
+    hue (sync solid, async dashed), the percentiles told apart by line width; a percentile is drawn only where its
+    interval had the requests to support it (summary.py). Seconds with failures are red ticks on the time axis;
+    capacity steps, outages and stalls are shaded. Series beyond MAX_LINES are not drawn and the figure says so.
+    None when no interval has figures."""
+    from matplotlib.lines import Line2D
+
     timeline = summary.get("timeline") or {}
     series = [s for s in timeline.get("series") or () if any(p["count"] for p in s.get("latency", ()))]
     if not series:
         return None
     series.sort(key=lambda s: -sum(p["count"] for p in s["latency"]))
     names = [s["name"] for s in series]
+    n = len(series[0]["ok"])  # seconds on the time axis, as the throughput chart's
     fig = _figure(12.0, 4.8)
     ax = fig.subplots()
     width = timeline.get("interval_s", 5)
-    drawn = series[:MAX_LINES // 2 * 2]
+    drawn = sorted(series[:MAX_LINES], key=lambda s: _legend_order(f"{s['name']} ({s['mode']})"))
     for s in drawn:
         colour, style = _hue(s["name"], names), _MODE_STYLE.get(s["mode"], ":")
-        xs = [p["t"] + width / 2 for p in s["latency"]]
-        for key, lw in (("p50_ms", 0.9), ("p99_ms", 2.0)):
+        # each point at the middle of its interval's part inside the test (the first and last are partial)
+        xs = [(max(p["t"], 0) + min(p["t"] + width, n)) / 2 for p in s["latency"]]
+        ax.plot([], [], color=colour, linestyle=style, linewidth=1.5, label=f"{s['name']} ({s['mode']})")
+        for key, _label, lw, marker in _PERCENTILE_STYLE:
             ys = [p[key] if p[key] is not None else float("nan") for p in s["latency"]]
             if any(y == y for y in ys):  # not all NaN
-                ax.plot(xs, ys, color=colour, linestyle=style, linewidth=lw, marker=".", markersize=3,
-                        label=f"{s['name']} ({s['mode']}) {key[:3]}")
-    _mark_spans(ax, spans(summary))
+                ax.plot(xs, ys, color=colour, linestyle=style, linewidth=lw, marker=marker or ".",
+                        markersize=5 if marker else 2)
+    failed = _failed_seconds(summary)
+    if failed:  # a red tick at the foot of the axis for every second with a failure
+        ax.plot([x + 0.5 for x in failed], [0] * len(failed), linestyle="none", marker="|", markersize=12,
+                markeredgewidth=1.5, color=_FAILURE_COLOUR, transform=ax.get_xaxis_transform(), clip_on=False,
+                label="a second with failures")
+    extra = [Line2D([], [], color="#555", linewidth=lw, marker=marker, label=label)
+             for _key, label, lw, marker in _PERCENTILE_STYLE]
+    extra += _mark_spans(ax, spans(summary))
     ax.set_yscale("log")
-    ax.set_xlabel(f"seconds from the test's first request ({width} s intervals)")
+    ax.set_xlim(0, n)
+    ax.set_xlabel(f"seconds from the test's first request (a point per {width} s interval)")
     ax.set_ylabel("latency, ms (log scale)")
     ax.grid(which="both", alpha=0.3)
-    ax.set_title(title + ": p50 thin, p99 thick; sync solid, async dashed")
+    ax.set_title(title + ": p50, p95, p99 per interval", pad=14)  # room for the step numbers above the axis
     left_out = len(series) - len(drawn)
-    notes = [f"{left_out} smaller series not drawn (every series is in summary.json, timeline)"] if left_out else []
-    notes.append("a percentile is drawn where its interval has enough requests (p99: 100)")
-    _legend_outside(fig, ax, "; ".join(notes))
+    notes = [f"{left_out} more series not drawn (the smallest): see summary.json, timeline"] if left_out else []
+    notes.append("a percentile is drawn where its interval had enough requests ("
+                 + ", ".join(f"p{p:g}: {n}" for p, n in INTERVAL_MIN_SAMPLES.items()) + ")")
+    _legend_outside(fig, ax, "; ".join(notes), extra)
     fig.savefig(path, dpi=DPI)
     return path
 
