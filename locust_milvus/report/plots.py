@@ -40,11 +40,8 @@ def _split(label: str) -> tuple[str, str]:
     if label.endswith(")") and " (" in label:
         name, mode = label[:-1].rsplit(" (", 1)
         return name, mode
-    for sep in (", ", ": "):
-        if sep in label:
-            name, mode = label.rsplit(sep, 1)
-            return name, mode
-    return label, ""
+    at = max(label.rfind(", "), label.rfind(": "))  # the last separator: a run's name may hold either
+    return (label[:at], label[at + 2:]) if at > 0 else (label, "")
 
 
 def spans(summary: dict) -> list[tuple[float, float, str, str]]:
