@@ -31,7 +31,7 @@ OTHER_ERRORS = "(other errors: more than 200 distinct messages)"
 # Latency over time: per series, the requests of each INTERVAL_S (intervals aligned on epoch time, so the workers'
 # intervals line up) at 2 significant digits, HdrHistogram's bucketing. A process that runs users counts them in a
 # sparse dict {bucket's lowest value in us: count} (a dict increment per request, not a second ``record_value``: see
-# Recorder), folded into a compact HdrHistogram (1 us .. 1 h at 2 digits: 3,200 counts, 25 kB, against 188 kB for the
+# Recorder), folded into a compact HdrHistogram (1 us .. 1 h at 2 digits: 3,328 counts, 27 kB, against 188 kB for the
 # full one) only when a worker sends it; a master adds the workers' histograms. Once an interval can receive no more
 # requests it is reduced to its figures and its histogram (or dict) dropped, so a two-hour soak keeps a few per
 # series, not 1,440.
