@@ -75,16 +75,16 @@ def test_recall_is_one_on_flat_under_concurrent_writes_and_drops_on_a_poor_index
     # (Not upserts: on Milvus 2.3.5 a search occasionally misses a document its own client just upserted; the
     # docs/limitations.md reports it.)
     flat = run_locust(*common, "--collection", collection, "--index-type", "FLAT", "--add-weight", "2",
-                      "--reports-dir", str(tmp_path / "flat"), "--check-recall", "0.999")
+                      "--retriever-weight", "4", "--reports-dir", str(tmp_path / "flat"), "--check-recall", "0.999")
     assert flat.returncode == 0, flat.output[-3000:]
     assert "CHECK PASSED: mean recall of search_by_vector (sync) 1.0000 >= 0.999" in flat.output
     data, rows = summary_rows(tmp_path / "flat")
     for mode in ("sync", "async"):
-        for name in ("search", "search_by_vector"):
-            assert rows[(name, mode)]["recall_samples"] > 5 and rows[(name, mode)]["recall_min"] == 1.0
+        for name in ("search", "search_by_vector", "retriever"):  # the retriever as a chain calls it, judged too
+            assert rows[(name, mode)]["recall_samples"] > 2 and rows[(name, mode)]["recall_min"] == 1.0
         assert "recall_samples" not in rows[("add", mode)]  # a metric of the searches, not a request
     assert sum(r["count"] for r in data["rows"]) == sum(
-        r["count"] for r in data["rows"] if r["name"] in ("add", "delete", "search", "search_by_vector"))
+        r["count"] for r in data["rows"] if r["name"] in ("add", "delete", "search", "search_by_vector", "retriever"))
     md = (next((tmp_path / "flat").glob("*/summary.md"))).read_text()
     assert "Recall under load" in md and "Consistency level: Session" in md
     # A deliberately poor index: 256 lists over 1,100 vectors, one probed. The gate fails, exit code 3.

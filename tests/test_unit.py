@@ -105,9 +105,12 @@ def test_every_option_is_documented_once_in_docs_options():
 
 def test_every_table_entry_is_a_langchain_sync_async_pair():
     assert set(TABLE) == set(options.DEFAULT_WEIGHTS)
+    from langchain_core.vectorstores import VectorStoreRetriever
+
     for op in TABLE.values():
-        assert callable(getattr(Milvus, op.method)), op.method
-        assert callable(getattr(Milvus, op.async_method)), op.async_method
+        on = VectorStoreRetriever if op.via_retriever else Milvus
+        assert callable(getattr(on, op.method)), op.method
+        assert callable(getattr(on, op.async_method)), op.async_method
 
 
 class FakeStore:

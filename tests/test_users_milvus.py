@@ -164,6 +164,33 @@ def test_every_operation_in_both_modes(shared_state, name, user_class, request_t
     assert events[0]["response_length"] > 0
 
 
+@pytest.fixture(scope="module")
+def cosine_state(milvus):
+    # LangChain's relevance score is 1 - d/4 for L2, meant for unit vectors; the offline embedding's vectors are
+    # not, so its L2 relevance is below 0. COSINE maps to (1 + cos)/2, within 0..1 for any vectors.
+    settings = make_settings(milvus.uri, f"t_retriever_{os.getpid()}", prepopulate=30, batch_size=5,
+                             drop_collection=True, metric="COSINE")
+    return build_state(settings)
+
+
+@pytest.mark.parametrize("search_type, threshold, found", [("similarity", 0.0, True), ("mmr", 0.0, True),
+                                                           ("similarity_score_threshold", 0.0, True),
+                                                           ("similarity_score_threshold", 1.0, False)])
+@pytest.mark.parametrize("user_class", [SyncMilvusUser, AsyncMilvusUser])
+def test_retriever_search_types(cosine_state, user_class, search_type, threshold, found):
+    # A threshold of 1.0 (an exact match) keeps nothing: an empty result is then the retriever's answer, not a
+    # failure. A threshold of 0.0 keeps all the search found.
+    settings = dataclasses.replace(cosine_state.settings, retriever_search_type=search_type,
+                                   retriever_score_threshold=threshold)
+    state = dataclasses.replace(cosine_state, settings=settings)
+    user, events = user_with_events(user_class, state)
+    user.execute(TABLE["retriever"])
+    assert [e["name"] for e in events] == ["retriever"]
+    assert events[0]["exception"] is None, events[0]["exception"]
+    assert (events[0]["response_length"] > 0) is found
+    assert state.target(TABLE["retriever"], sync=user_class is SyncMilvusUser).search_type == search_type
+
+
 def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection):
     from locust_milvus.milvus.verify import verify
 

@@ -16,7 +16,7 @@ from typing import Any
 from locust_milvus.config.options import WHOLE_NUMBERS
 from locust_milvus.config.secrets import redact_uri, redacted_options, scrubber_of, split_credentials
 from locust_milvus.config.settings import MAX_NAME_LENGTH, ConfigError, Settings, check_uri, is_identifier
-from locust_milvus.workload.operations import TABLE
+from locust_milvus.workload.operations import RETRIEVER_SEARCH_TYPES, TABLE
 from locust_milvus.workload.pacing import parse_target_rps
 
 
@@ -27,6 +27,22 @@ def _as_int(o, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
+
+
+def _retriever_options(o) -> dict:
+    # The web UI's form hands strings through unchecked by argparse: check them here too.
+    search_type = str(getattr(o, "retriever_search_type", None) or "similarity").strip()
+    if search_type not in RETRIEVER_SEARCH_TYPES:
+        raise ConfigError(f"--retriever-search-type must be one of {', '.join(RETRIEVER_SEARCH_TYPES)}, "
+                          f"got {search_type!r}")
+    raw = getattr(o, "retriever_score_threshold", 0.0)
+    try:
+        threshold = float(raw if raw not in (None, "") else 0.0)
+    except (TypeError, ValueError):
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--retriever-score-threshold must be a relevance score from 0 to 1, got {raw!r}")
+    return {"retriever_search_type": search_type, "retriever_score_threshold": threshold}
 
 
 def settings_from(environment, host: str | None = None) -> Settings:
@@ -77,6 +93,7 @@ def settings_from(environment, host: str | None = None) -> Settings:
         weights=weights,
         filter=str(o.filter or "").strip(),
         metadata_filter=str(o.metadata_filter or "").strip() or "category == 'cat_1'",
+        **_retriever_options(o),
         **counts,
         embedding=_embedding_choice(o),
         index_type=str(o.index_type or "AUTOINDEX").strip().upper(),

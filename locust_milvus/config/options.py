@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
-from locust_milvus.workload.operations import TABLE
+from locust_milvus.workload.operations import RETRIEVER_SEARCH_TYPES, TABLE
 
 logger = logging.getLogger("locust_milvus")
 
@@ -58,6 +58,7 @@ def _number(kind: type, what: str, ok: Callable[[float], bool]) -> Callable[[str
 _non_negative_int = _number(int, "a whole number >= 0", lambda v: v >= 0)
 _positive_int = _number(int, "a whole number >= 1", lambda v: v >= 1)
 _positive_float = _number(float, "a number of seconds > 0", lambda v: v > 0)
+_relevance = _number(float, "a relevance score from 0 to 1", lambda v: 0.0 <= v <= 1.0)
 _factor = _number(float, "a factor > 1", lambda v: v > 1.0)
 
 
@@ -261,6 +262,19 @@ def _workload_options(parser) -> None:
         workload,
         "--metadata-filter", env_var="LOCUST_METADATA_FILTER", default="category == 'cat_1'",
         help="Expression of the search_by_metadata and get_pks tasks (default: \"category == 'cat_1'\").",
+    )
+    _option(
+        workload,
+        "--retriever-search-type", env_var="LOCUST_RETRIEVER_SEARCH_TYPE", default="similarity",
+        choices=RETRIEVER_SEARCH_TYPES,
+        help="search_type of the retriever task's as_retriever(): similarity, mmr (with --fetch-k) or "
+        "similarity_score_threshold (with --retriever-score-threshold) (default: similarity).",
+    )
+    _option(
+        workload,
+        "--retriever-score-threshold", env_var="LOCUST_RETRIEVER_SCORE_THRESHOLD", type=_relevance, default=0.0,
+        help="The retriever's score_threshold with --retriever-search-type similarity_score_threshold: LangChain's "
+        "relevance score, 0 to 1 (default: 0.0).",
     )
     _option(
         workload,

@@ -48,6 +48,8 @@ class Settings:
     filter: str = ""
     metadata_filter: str = "category == 'cat_1'"
     fetch_k: int = 20
+    retriever_search_type: str = "similarity"  # the retriever task's as_retriever(search_type=...)
+    retriever_score_threshold: float = 0.0  # its score_threshold, with search_type similarity_score_threshold
     embedding: str = "fake"
     openai_model: str = "text-embedding-3-small"
     openai_dimensions: int = 0

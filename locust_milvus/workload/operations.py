@@ -48,6 +48,7 @@ class RunState:
     source: DocSource = field(default_factory=DocSource)
     total_users: int = 1  # the run's user count over all workers (--target-rps gives each user rate / this)
     truth: GroundTruth | None = None  # --recall: the vectors of the documents this process wrote
+    _retrievers: dict = field(default_factory=dict, init=False, repr=False)  # sync/async -> the store's retriever
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -67,6 +68,17 @@ class RunState:
             self.corpus = [self.source.document(i, rng) for i in range(s.corpus_pool)]
             self.corpus_vectors = embed_pool(self.store.embeddings, s, [d.page_content for d in self.corpus],
                                              "corpus")
+
+    def target(self, op: Operation, sync: bool):
+        """What ``op.method`` (sync) or ``op.async_method`` is called on: the store, or its retriever."""
+        store = self.store if sync else self.astore
+        if not op.via_retriever:
+            return store
+        retriever = self._retrievers.get(sync)
+        if retriever is None:  # once per process and mode: as a RAG chain holds its retriever, not per query
+            retriever = self._retrievers[sync] = store.as_retriever(
+                search_type=self.settings.retriever_search_type, search_kwargs=retriever_kwargs(self.settings))
+        return retriever
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""
@@ -128,6 +140,8 @@ class Operation:
     # or None when it makes several (MMR: a search and a query) or writes elsewhere (from_texts' scratch collection).
     # LangChain's adds also ask has_collection, which is not of note.
     milvus_call: str | None = None
+    # Called on ``store.as_retriever(...)`` (a LangChain VectorStoreRetriever) instead of the store itself.
+    via_retriever: bool = False
 
     @property
     def async_method(self) -> str:
@@ -220,22 +234,60 @@ def _search(by_vector: bool, mmr: bool = False) -> Callable[[RunState], Call]:
 
 
 def _found(state: RunState, call: Call, result: list) -> int:
+    return _judge_found(state, call, result, call.kwargs["k"], filtered=bool(call.kwargs.get("expr")))
+
+
+def _judge_found(state: RunState, call: Call, result: list, k: int, filtered: bool, may_be_empty: bool = False):
     # At Session (or Strong) consistency a search sees every write this process finished before it started.
     # If one of those documents was still not taken for deletion when the search ended, the collection was
     # not empty for it, so an empty result is wrong. (Checking the ledger only at the end is racy: an add
-    # that finishes while the search is in flight is not covered by the search's guarantee.) A filter may
-    # rightly match nothing, so filtered searches are not judged.
+    # that finishes while the search is in flight is not covered by the search's guarantee.) A filter or a
+    # score threshold may rightly match nothing, so those searches are not judged.
     s = state.settings
-    guaranteed = s.consistency_level in ("Strong", "Session") and not call.kwargs.get("expr")
+    guaranteed = s.consistency_level in ("Strong", "Session") and not filtered and not may_be_empty
     if not result and guaranteed and state.ledger.holds_any_added_before(call.mark):
         raise OperationFailed("no documents returned from a collection known to be non-empty")
     if call.visible is not None:
         pk = s.primary_field
         docs = [d[0] if isinstance(d, tuple) else d for d in result]
         call.recall = state.truth.recall(call.query_vector, [str(d.metadata.get(pk)) for d in docs],
-                                         call.kwargs["k"], call.visible, call.mode,
-                                         strong=s.consistency_level == "Strong")
+                                         k, call.visible, call.mode, strong=s.consistency_level == "Strong")
     return len(result)
+
+
+# --- the retriever: what a LangChain RAG chain calls (as_retriever(...).invoke(query)) ----------------------
+
+RETRIEVER_SEARCH_TYPES = ("similarity", "mmr", "similarity_score_threshold")
+
+
+def retriever_kwargs(s: Settings) -> dict:
+    """The retriever's search_kwargs, fixed when it is made (as in a chain): k, and per search type its own."""
+    kwargs: dict = {"k": s.top_k}
+    if s.retriever_search_type == "mmr":
+        kwargs["fetch_k"] = max(s.fetch_k, s.top_k)
+    elif s.retriever_search_type == "similarity_score_threshold":
+        kwargs["score_threshold"] = s.retriever_score_threshold
+    if s.filter:
+        kwargs["expr"] = s.filter
+    return kwargs
+
+
+def _retrieve(state: RunState) -> Call:
+    s = state.settings
+    call = Call({"input": state.query_text()}, mark=state.ledger.added_total)
+    # Recall only where the retriever is a plain top k (no MMR re-ranking, no threshold, no filter).
+    if (state.truth is not None and s.retriever_search_type == "similarity" and not s.filter
+            and state.rng.random() < s.recall):
+        call.query_vector = state.vector_of_query(call.kwargs["input"])
+        if call.query_vector is not None:
+            call.visible = state.truth.visible()
+    return call
+
+
+def _retrieved(state: RunState, call: Call, result: list) -> int:
+    s = state.settings
+    return _judge_found(state, call, result, s.top_k, filtered=bool(s.filter),
+                        may_be_empty=s.retriever_search_type == "similarity_score_threshold")
 
 
 def _by_metadata(state: RunState) -> Call:
@@ -358,6 +410,8 @@ TABLE: dict[str, Operation] = {
                   help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
         Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
                   _found, pool="query", help="mmr_by_vector: MMR search with a pre-embedded query"),
+        Operation("retriever", "invoke", _retrieve, _retrieved, via_retriever=True,
+                  help="retriever: as_retriever(search_type=--retriever-search-type).invoke(query)"),
         Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1, writes=True,
                   milvus_call="delete",
                   help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),

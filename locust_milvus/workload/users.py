@@ -103,7 +103,7 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
 def _timed_sync(state: RunState, op: Operation, call: Call):
     """One sync call, timed around the call alone; runs in its own greenlet (shield.py), so that the embedding
     calls collected here are this call's only."""
-    method = getattr(state.store, op.method)
+    method = getattr(state.target(op, sync=True), op.method)
     monitor.enter(SYNC, op.name)
     with embedding_calls() as embeds:
         start = time.perf_counter()
@@ -137,7 +137,7 @@ def _cancelled(state: RunState, op: Operation, calls: list[Call], mode: str) -> 
 
 async def _timed(state: RunState, op: Operation, call: Call):
     """One async call, timed inside the coroutine so the bridge's wake-up is not in the figure."""
-    method = getattr(state.astore, op.async_method)
+    method = getattr(state.target(op, sync=False), op.async_method)
     monitor.enter(ASYNC)
     # gather runs this coroutine in its own task, so the embedding calls collected here are this call's only.
     with embedding_calls() as embeds:
