@@ -123,7 +123,10 @@ def test_a_distributed_run_of_it_adds_up(milvus, collection, own_locustfile, tmp
      "user class Empty has no tasks: give it a method decorated with @task"),
     (OWN, ("--check-p99", "retreive=10ms"), "no operation is named 'retreive'"),
     (OWN, ("--target-rps", "search=5"), "your own user classes (RetrieverUser, AsyncRetrieverUser) cannot be paced"),
-], ids=["no-task", "gate-on-unknown-name", "target-rps"])
+    (OWN.replace("class RetrieverUser(LangChainUser):",
+                 "class RetrieverUser(LangChainUser):\n    milvus_kwargs = {'num_shards': 2}"),
+     (), "user classes AsyncRetrieverUser, RetrieverUser give different milvus_kwargs"),
+], ids=["no-task", "gate-on-unknown-name", "target-rps", "two-schemas"])
 def test_bad_input_is_one_line_before_load(milvus, collection, tmp_path, source, extra, says):
     path = tmp_path / "mine.py"
     path.write_text(source)
@@ -164,3 +167,32 @@ def test_the_retriever_rerank_example_runs_both_modes(milvus, collection, tmp_pa
     assert set(named) == {("langchain-sync", "retrieve"), ("langchain-async", "aretrieve")}, set(named)
     assert all(int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0 for row in named.values()), named
     assert "CHECK PASSED: p99 of retrieve (sync)" in result.output
+
+
+def test_the_own_schema_example_makes_its_collection_once_with_its_own_arguments(milvus, collection, tmp_path):
+    from pymilvus import MilvusClient
+
+    from .conftest import ROOT
+
+    result = run_locust("-f", str(ROOT / "locustfiles" / "examples" / "own_schema.py"), "--headless", "-u", "4",
+                        "-r", "4", "-t", "4s", "--host", milvus.uri, "--collection", collection, "--prepopulate", "200",
+                        "--processes", "2", "--csv", str(tmp_path / "run"), "--reports-dir", str(tmp_path / "reports"),
+                        "--check-fail-ratio", "0")
+    assert result.returncode == 0, result.output[-3000:]
+    assert result.output.count("documents pre-populated") == 1  # set up once, on the master
+    stats = read_stats_csv(tmp_path / "run")
+    named = {key: row for key, row in stats.items() if key[0]}
+    assert set(named) == {("langchain-sync", "tenant_search"), ("langchain-async", "atenant_search")}, set(named)
+    assert all(int(row["Request Count"]) > 0 for row in named.values()), named
+    client = MilvusClient(uri=milvus.uri)
+    try:
+        described = client.describe_collection(collection)
+        index = client.describe_index(collection, client.list_indexes(collection)[0])
+    finally:
+        client.close()
+    assert described["num_partitions"] == 16 and described["enable_dynamic_field"], described
+    assert [f["name"] for f in described["fields"] if f.get("is_partition_key")] == ["category"], described
+    assert (index["index_type"], index["metric_type"]) == ("HNSW", "COSINE"), index
+    summary = json.loads(next((tmp_path / "reports").glob("*/summary.json")).read_text())
+    assert summary["workload"]["milvus_kwargs"]["index_params"]["index_type"] == "HNSW"
+    assert summary["workload"]["milvus_kwargs"]["partition_key_field"] == "category"

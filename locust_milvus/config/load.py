@@ -45,6 +45,15 @@ def _retriever_options(o) -> dict:
     return {"retriever_search_type": search_type, "retriever_score_threshold": threshold}
 
 
+def own_store_kwargs(user_classes) -> dict:
+    """The run's user classes' ``milvus_kwargs`` (workload/base.py): one dict, or ConfigError when they differ."""
+    given = {cls.__name__: getattr(cls, "milvus_kwargs", None) or {} for cls in user_classes}
+    if len({repr(sorted(kw.items(), key=str)) for kw in given.values()}) > 1:  # none given counts as {} too
+        raise ConfigError(f"user classes {', '.join(sorted(given))} give different milvus_kwargs: the run has one "
+                          "collection with one schema, so give them the same (e.g. a shared base class)")
+    return dict(next(iter(given.values()), {}))
+
+
 def settings_from(environment, host: str | None = None) -> Settings:
     """Read and check the options (``host`` overrides the environment's); raises ConfigError with one line."""
     o = environment.parsed_options
@@ -115,6 +124,7 @@ def settings_from(environment, host: str | None = None) -> Settings:
         recall=_share(o, "recall"),
         seal=bool(getattr(o, "seal", False)),
         target_rps=parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE)),
+        own_store_kwargs=own_store_kwargs(getattr(environment, "user_classes", None) or ()),
     )
 
 

@@ -74,6 +74,7 @@ class Settings:
     seal: bool = False  # --seal: flush the pre-populated documents and wait until they are served indexed
     recall: float = 0.0  # --recall: share of searches whose recall@k is measured (0: off)
     target_rps: dict = field(default_factory=dict)  # --target-rps: operation -> operations/s over the whole run
+    own_store_kwargs: dict = field(default_factory=dict)  # the user classes' milvus_kwargs (workload/base.py)
 
     @property
     def store_kwargs(self) -> dict:
@@ -90,7 +91,13 @@ class Settings:
             # LangChain honours a partition key only with dynamic fields: the other metadata becomes dynamic.
             kwargs["partition_key_field"] = self.partition_key_field
             kwargs["enable_dynamic_field"] = True
-        return kwargs
+        return {**kwargs, **self.own_store_kwargs}
+
+    @property
+    def index_metric(self) -> str:
+        """The metric the collection is indexed with: --metric, or the user classes' own index_params' (recall)."""
+        own = self.own_store_kwargs.get("index_params")
+        return str((own or {}).get("metric_type") or self.metric).upper() if isinstance(own, dict) else self.metric
 
     @cached_property  # read on every request: built once per run
     def call_kwargs(self) -> dict:

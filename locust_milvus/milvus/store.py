@@ -354,13 +354,13 @@ def load_truth(settings: Settings, ledger: IdLedger) -> GroundTruth:
                                 output_fields=[settings.primary_field, settings.vector_field],
                                 consistency_level="Strong", timeout=max(settings.timeout, SETUP_TIMEOUT_S))
             if truth is None and rows:
-                truth = GroundTruth(len(rows[0][settings.vector_field]), settings.metric)
+                truth = GroundTruth(len(rows[0][settings.vector_field]), settings.index_metric)
             if rows:
                 truth.put([str(r[settings.primary_field]) for r in rows], [r[settings.vector_field] for r in rows])
     finally:
         client.close()
     if truth is None:
-        truth = GroundTruth(len(embedding_for(settings).embed_query("dimension")), settings.metric)
+        truth = GroundTruth(len(embedding_for(settings).embed_query("dimension")), settings.index_metric)
     logger.info("locust-milvus: --recall: ground truth of %d documents (%s), %g of the searches judged",
-                truth.n, settings.metric, settings.recall)
+                truth.n, settings.index_metric, settings.recall)
     return truth

@@ -6,6 +6,7 @@ set-up, installed packages' metadata), so describing a test costs no request to 
 
 from __future__ import annotations
 
+import json
 import platform
 from importlib import metadata
 
@@ -23,6 +24,27 @@ def versions(milvus_server: str | None) -> dict:
             out[key] = None
     out["python"] = platform.python_version()
     return out
+
+
+def own_store(user_classes) -> dict | None:
+    """The user classes' own ``Milvus(...)`` arguments (their ``milvus_kwargs``), as the report can show them: they
+    may replace the index, metric and search parameters the options name."""
+    from locust_milvus.config.load import own_store_kwargs
+    from locust_milvus.config.settings import ConfigError
+
+    try:
+        kwargs = own_store_kwargs(user_classes)
+    except ConfigError:  # refused before load; nothing ran with them
+        return None
+    # objects (a BM25 function, a DataType in a metadata_schema) are shown by their repr
+    return json.loads(json.dumps(kwargs, default=repr)) if kwargs else None
+
+
+def _retriever(get) -> str:
+    search_type = str(get("retriever_search_type", "similarity") or "similarity")
+    if search_type == "similarity_score_threshold":
+        return f"{search_type} >= {get('retriever_score_threshold', 0.0)}"
+    return search_type
 
 
 def workload(options, rows_at_start: int | None, rows_at_end: int | None) -> dict:
@@ -53,6 +75,7 @@ def workload(options, rows_at_start: int | None, rows_at_end: int | None) -> dic
         "top_k": get("top_k"),
         "batch_size": get("batch_size"),
         "filter": get("filter") or None,
+        "retriever": (_retriever(get) if weights.get("retriever") or "retriever" in rates else None),
         "embedding": embedding if embedding == "fake" else f"openai ({get('openai_model')})",
         "dataset": get("dataset") or None,
         "collection": get("collection"),

@@ -225,6 +225,7 @@ def _write(environment, test: _Test) -> None:
     lifecycle = sys.modules.get("locust_milvus.lifecycle")
     data["workload"] = describe.workload(o, getattr(lifecycle, "rows_at_start", None), _count_rows(environment))
     data["workload"]["user_classes"] = data["user_classes"]
+    data["workload"]["milvus_kwargs"] = describe.own_store(environment.user_classes)
     if test.scraper is not None:
         test.scraper.finish()  # a web UI test restarted before it stopped
         data["server_side"] = test.scraper.result(data["rows"])

@@ -58,6 +58,10 @@ class RunUser(User):
     uses_async_bridge = False  # lifecycle builds the process's async store on the bridge for users that say so
     state: RunState | None = None
     stopped = False  # set when a stop cut the user off mid-task (its block then fires nothing)
+    # Your own ``langchain_milvus.Milvus(...)`` keyword arguments (an index, search params, a partition key,
+    # metadata_schema, ...), laid over the run's for every store the run makes: the collection set-up (once, on
+    # the master) and each process's stores. All user classes of a run must agree (one collection, one schema).
+    milvus_kwargs: dict = {}
 
     def on_start(self) -> None:
         self.state = lifecycle.current_state()  # None when set-up failed or never ran; the user then stops
