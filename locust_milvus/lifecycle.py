@@ -22,7 +22,7 @@ import random
 
 import gevent
 
-from locust_milvus.config.load import run_options, settings_from, share_total_users
+from locust_milvus.config.load import run_options, settings_from, share_with_workers
 from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
@@ -206,7 +206,7 @@ def on_test_start(environment, **_kwargs) -> None:
         if isinstance(runner, MasterRunner):
             # --target-rps shares the rate among all users of the run; workers know only their own users, so
             # the total travels with the options (a custom attribute, which Locust forwards to workers).
-            share_total_users(environment, runner.target_user_count)
+            share_with_workers(environment, runner.target_user_count, ledger.prefix)
             return  # the master runs no users
         total_users = (run_options(environment).total_users if isinstance(runner, WorkerRunner)
                        else runner.target_user_count)
@@ -216,11 +216,10 @@ def on_test_start(environment, **_kwargs) -> None:
             _close_at_exit(astore)
         truth = None
         if settings.recall:
-            if isinstance(runner, WorkerRunner):
-                logger.warning("locust-milvus: --recall is measured in local runs only (a worker does not know "
-                               "the other workers' documents); not measured here")
-            else:
-                truth = load_truth(settings, ledger)
+            # A worker knows the pre-populated documents (read back by the master's prefix) and its own writes;
+            # another worker's documents in a result are not judged (recall.py).
+            prefix = options.set_up_prefix if isinstance(runner, WorkerRunner) else ledger.prefix
+            truth = load_truth(settings, prefix)
         _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore,
                           source=_source(settings), total_users=int(total_users or 1), truth=truth)
         pacing.reset()

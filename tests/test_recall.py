@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from pymilvus import MilvusClient
 
 from locust_milvus.report import gates
 from locust_milvus.workload.recall import GroundTruth
@@ -94,5 +95,59 @@ def test_recall_is_one_on_flat_under_concurrent_writes_and_drops_on_a_poor_index
                       "--check-recall", "search_by_vector=0.9")
     assert poor.returncode == gates.GATE_EXIT_CODE, poor.output[-3000:]
     assert "CHECK FAILED: mean recall of search_by_vector" in poor.output
+    _, rows = summary_rows(tmp_path / "ivf")
+    assert rows[("search_by_vector", "sync")]["recall_mean"] < 0.6
+
+
+def distributed(milvus, tmp_path, name: str, *args: str):
+    """A headless master and two workers on loopback; returns (master's exit code, its output, workers' outputs)."""
+    from .test_distributed import finish, start
+    from .test_web_ui import free_port
+
+    port = free_port()
+    master = start("--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--headless",
+                   "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "8s", "--host", milvus.uri, "--dim", "32",
+                   "--prepopulate", "1100", "--recall", "1", "--reports-dir", str(tmp_path / name), *args)
+    workers = [start("--worker", "--master-host", "127.0.0.1", "--master-port", str(port)) for _ in range(2)]
+    out = finish(master, timeout=200)
+    return master.returncode, out, [finish(w, timeout=30) for w in workers]
+
+
+@pytest.mark.locust
+def test_recall_in_a_distributed_run_is_one_on_flat_with_writes_on_every_worker_and_drops_on_a_poor_index(
+        milvus, collection, tmp_path):
+    # Each worker holds the pre-populated documents (read back by the master's id prefix) and its own writes; a
+    # document another worker wrote is in no worker's truth and is not judged (recall.py). Both workers add and
+    # delete while they search: an exact index must still score 1.0 on every judged search.
+    code, out, worker_outs = distributed(milvus, tmp_path, "flat", "--collection", collection, "--index-type", "FLAT",
+                                         "--search-by-vector-weight", "2", "--add-weight", "3",
+                                         "--check-recall", "0.999")
+    assert code == 0, out[-3000:]
+    for text in worker_outs:
+        assert "ground truth of 1100 documents" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+    assert "CHECK PASSED: mean recall of search_by_vector (sync) 1.0000 >= 0.999" in out
+    data, rows = summary_rows(tmp_path / "flat")
+    for mode in ("sync", "async"):
+        for name in ("search", "search_by_vector"):
+            assert rows[(name, mode)]["recall_samples"] > 5 and rows[(name, mode)]["recall_min"] == 1.0
+    assert any(item.get("recall") for item in data["timeline"]["series"]), "recall over time in the master's report"
+    [folder] = list((tmp_path / "flat").iterdir())
+    assert (folder / "recall_over_time.png").stat().st_size > 10_000
+    assert "recall over time (--recall)" in (folder / "summary.html").read_text()
+    # Both workers' documents were in the collection while they searched (each judged around the other's).
+    client = MilvusClient(uri=milvus.uri)
+    try:
+        owners = {r["pk"].split("-", 1)[0] for r in client.query(collection, filter="", output_fields=["pk"],
+                                                                  limit=16384, consistency_level="Strong")}
+    finally:
+        client.close()
+    assert {"w0", "w1"} <= owners, owners
+    # The poor index of the local test, across master and workers: the gate fails with exit code 3.
+    code, out, _ = distributed(milvus, tmp_path, "ivf", "--collection", collection + "_ivf", "--index-type",
+                               "IVF_FLAT", "--index-params", '{"nlist": 256}', "--search-params", '{"nprobe": 1}',
+                               "--search-weight", "0", "--search-by-vector-weight", "1", "--add-weight", "0",
+                               "--delete-weight", "0", "--check-recall", "search_by_vector=0.9")
+    assert code == gates.GATE_EXIT_CODE, out[-3000:]
     _, rows = summary_rows(tmp_path / "ivf")
     assert rows[("search_by_vector", "sync")]["recall_mean"] < 0.6

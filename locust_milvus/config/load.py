@@ -224,8 +224,13 @@ class RunOptions:
 
     @property
     def total_users(self) -> int:
-        """The run's user count over all workers, which the master sends with the options (share_total_users)."""
+        """The run's user count over all workers, which the master sends with the options (share_with_workers)."""
         return int(self.get(_TOTAL_USERS, 0) or 0)
+
+    @property
+    def set_up_prefix(self) -> str:
+        """The id prefix of the documents the master's set-up wrote (share_with_workers): --recall's ground truth."""
+        return str(self.get(_SET_UP_PREFIX, "") or "")
 
     def scrubber(self) -> Callable[[str], str]:
         return scrubber_of(self.values.get("milvus_token", ""))
@@ -237,6 +242,7 @@ class RunOptions:
 
 
 _TOTAL_USERS = "locust_milvus_total_users"
+_SET_UP_PREFIX = "locust_milvus_set_up_prefix"
 
 
 def run_options(environment) -> RunOptions:
@@ -245,7 +251,9 @@ def run_options(environment) -> RunOptions:
     return RunOptions(MappingProxyType(dict(vars(o)) if o is not None else {}))
 
 
-def share_total_users(environment, total: int) -> None:
-    """On the master: send the run's total user count to the workers with the options (Locust forwards every
-    attribute of the parsed options when a test starts); --target-rps gives each user rate / total."""
-    setattr(environment.parsed_options, _TOTAL_USERS, total)
+def share_with_workers(environment, total_users: int, set_up_prefix: str) -> None:
+    """On the master: send what workers cannot know with the options (Locust forwards every attribute of the
+    parsed options when a test starts): the run's total user count (--target-rps gives each user rate / total),
+    and the id prefix of the pre-populated documents (--recall: each worker reads their vectors back)."""
+    setattr(environment.parsed_options, _TOTAL_USERS, total_users)
+    setattr(environment.parsed_options, _SET_UP_PREFIX, set_up_prefix)

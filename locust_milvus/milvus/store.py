@@ -341,22 +341,24 @@ def _seal_and_index(client: MilvusClient, settings: Settings, timeout: float, ro
                 time.perf_counter() - began)
 
 
-def load_truth(settings: Settings, ledger: IdLedger) -> GroundTruth:
-    """--recall's ground truth, starting from the vectors Milvus stored for the documents this process owns
-    (the pre-populated ones), read back once at test start (untimed)."""
+def load_truth(settings: Settings, prefix: str) -> GroundTruth:
+    """--recall's ground truth, starting from the vectors Milvus stored for the pre-populated documents (their ids
+    start with set-up's ``prefix``), read back once at test start (untimed). The users have written nothing yet in
+    a local run; in a distributed run other workers may have, and their ids have prefixes of their own."""
     truth = None
     client = MilvusClient(**connection_args(settings), timeout=settings.timeout)
     try:
-        ids = list(ledger._live)
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
-            rows = client.query(settings.collection, filter=f"{settings.primary_field} in {json.dumps(chunk)}",
-                                output_fields=[settings.primary_field, settings.vector_field],
-                                consistency_level="Strong", timeout=max(settings.timeout, SETUP_TIMEOUT_S))
-            if truth is None and rows:
-                truth = GroundTruth(len(rows[0][settings.vector_field]), settings.index_metric)
-            if rows:
+        rows_of = client.query_iterator(settings.collection, batch_size=1000,
+                                        filter=f"{settings.primary_field} like {json.dumps(prefix + '-%')}",
+                                        output_fields=[settings.primary_field, settings.vector_field],
+                                        consistency_level="Strong", timeout=max(settings.timeout, SETUP_TIMEOUT_S))
+        try:
+            while rows := rows_of.next():
+                if truth is None:
+                    truth = GroundTruth(len(rows[0][settings.vector_field]), settings.index_metric)
                 truth.put([str(r[settings.primary_field]) for r in rows], [r[settings.vector_field] for r in rows])
+        finally:
+            rows_of.close()
     finally:
         client.close()
     if truth is None:

@@ -76,6 +76,8 @@ def write_run(folder: Path, data: dict, scrub: Callable[[str], str] = lambda tex
         images.append(("throughput.png", "throughput over time"))
         if plots.latency_over_time_chart(data, folder / "latency_over_time.png"):
             images.append(("latency_over_time.png", "latency percentiles over time"))
+        if plots.recall_over_time_chart(data, folder / "recall_over_time.png"):
+            images.append(("recall_over_time.png", "recall over time (--recall)"))
     first: list[tuple] = []
     if data.get("capacity"):  # --find-capacity: the answer comes first
         from locust_milvus.capacity import answer

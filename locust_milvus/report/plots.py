@@ -276,6 +276,36 @@ def latency_over_time_chart(summary: dict, path: Path, title: str = "Latency ove
     return path
 
 
+def recall_over_time_chart(summary: dict, path: Path, title: str = "Recall over time") -> Path | None:
+    """--recall: the mean recall@k of the judged searches per second (``timeline.series[].recall``), per operation
+    and mode in the throughput chart's hues; a second with no judged search has no point. None when nothing was
+    judged."""
+    timeline = summary.get("timeline") or {}
+    series = [s for s in timeline.get("series") or () if any(v is not None for v in s.get("recall") or ())]
+    if not series:
+        return None
+    names = sorted({s["name"] for s in series})
+    n = len(series[0]["recall"])
+    fig = _figure(12.0, 3.6)
+    ax = fig.subplots()
+    for s in sorted(series, key=lambda s: _legend_order(f"{s['name']} ({s['mode']})"))[:MAX_LINES]:
+        ys = [v if v is not None else float("nan") for v in s["recall"]]
+        ax.plot([x + 0.5 for x in range(n)], ys, color=_hue(s["name"], names),
+                linestyle=_MODE_STYLE.get(s["mode"], ":"), marker=".", markersize=3, linewidth=1.2,
+                label=f"{s['name']} ({s['mode']})")
+    low = min(v for s in series for v in s["recall"] if v is not None)
+    ax.set_ylim(min(0.9, low - 0.05), 1.02)
+    ax.set_xlim(0, n)
+    ax.set_xlabel("seconds from the test's first request")
+    ax.set_ylabel("mean recall@k of the judged searches")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    extra = _mark_spans(ax, spans(summary))
+    _legend_outside(fig, ax, None, extra)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
 def timeline_lines(summary: dict, by: str = "operation", prefix: str = "") -> dict[str, tuple]:
     """Throughput lines of one summary: one per (operation, mode), or, with ``by="mode"``, one per mode (all of its
     operations added). Largest first."""

@@ -272,7 +272,8 @@ _LOCUST_INTERNALS = {"web_host", "web_port", "web_login", "web_base_path", "tls_
                      "skip_log_setup", "loglevel", "logfile", "exit_code_on_error", "locustfile", "config",
                      "legacy_ui", "processes", "autostart", "autoquit", "stats_history_enabled", "profile",
                      "class_picker", "modern_ui", "list_commands", "equal_weights", "enable_rebalancing",
-                     "locust_milvus_total_users", "headful", "stop_timeout", "worker", "master", "headless",
+                     "locust_milvus_total_users", "locust_milvus_set_up_prefix", "headful", "stop_timeout", "worker",
+                     "master", "headless",
                      "expect_workers", "parsed_locustfiles", "reports_dir", "report_name", "web_auth",
                      "web_host_display_name"}
 

@@ -5,10 +5,13 @@ load), whose vectors are kept here as Milvus acknowledged them. A search's truth
 collection's metric, over the documents that were certainly visible when it started: acknowledged before it, and
 neither being deleted or upserted when it started nor taken for that while it ran (the server may apply such a change
 before or after the search's snapshot). Documents in flight are ambiguous: a returned one whose vector is known by
-the end is a fair candidate; one still unknown is left out of both sides. Only a single process owns the whole
-collection, so recall is measured in local runs (with Strong or Session consistency a search is guaranteed to see
-every acknowledged write; with Bounded or Eventually a fresh document may rightly be missing, and the report says
-which level was used). MMR searches are not nearest-neighbour searches and are not judged.
+the end is a fair candidate; one still unknown is left out of both sides. In a distributed run each worker knows the
+pre-populated documents (read back by set-up's id prefix) and its own writes; another worker's documents are
+unknown, and left out of both sides the same way: an exact search returns the true top k, of which the known ones
+are exactly the top of the known candidates, so an exact index still scores 1.0. (With Strong or Session
+consistency a search is guaranteed to see every acknowledged write; with Bounded or Eventually a fresh document
+may rightly be missing, and the report says which level was used.) MMR searches are not nearest-neighbour searches
+and are not judged.
 """
 
 from __future__ import annotations
