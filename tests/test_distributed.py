@@ -96,8 +96,8 @@ def test_a_killed_worker_is_reported_and_the_master_carries_on(milvus, collectio
     assert int(stats[("", "Aggregated")]["Failure Count"]) == 0
     # The loss is said: in the log as it happens, and in the report (which worker, when, the users lost with it).
     assert re.search(r"WARNING/locust_milvus: locust-milvus: worker \d \(pid \d+\) stopped sending heartbeats .* "
-                     r"its 4 users stopped with it \(Locust gives them to the other workers only with "
-                     r"--enable-rebalancing\)", out), out[-3000:]
+                     r"its 4 users stopped with it, or ran on out of the master's sight, and were not replaced "
+                     r"\(Locust moves users to the other workers only with --enable-rebalancing\)", out), out[-3000:]
     [folder] = list((tmp_path / "reports").iterdir())
     summary = json.loads((folder / "summary.json").read_text())
     [lost] = summary["generator_health"]["lost_workers"]

@@ -23,6 +23,24 @@ SLOW_SHARE = 0.02  # ... for at least this share of the searches
 SEVERITY_ORDER = {"warning": 0, "info": 1}
 
 
+HOW_SILENT = "stopped sending heartbeats (killed, or its network lost)"
+
+
+def describe_lost(w: dict) -> str:
+    """One line on a lost worker, for the log, the report and the web UI. A silent worker may be dead (its users
+    stopped) or cut off (its users ran on unseen): the master cannot tell until it comes back."""
+    text = f"{w['worker']} {w['how']} {w['after_s']:.0f} s into the test"
+    if w.get("rejoined_after_s") is not None:
+        return (text + f"; it came back {w['rejoined_after_s']:.0f} s later (its network returned): its "
+                f"{w['users']} users ran on meanwhile, their requests reached the master late, and calls that could "
+                "not reach Milvus in the gap are failures")
+    if w["how"] == HOW_SILENT:
+        return (text + f"; its {w['users']} users stopped with it, or ran on out of the master's sight, and were not "
+                "replaced (Locust moves users to the other workers only with --enable-rebalancing)")
+    return (text + f"; its {w['users']} users stopped with it and were not replaced (Locust moves users to the "
+            "other workers only with --enable-rebalancing)")
+
+
 def find(summary: dict) -> list[dict]:
     """Every finding of a summary, most important first."""
     out: list[dict] = []
@@ -143,14 +161,14 @@ def _lost_workers(summary: dict) -> list[dict]:
     lost = (summary.get("generator_health") or {}).get("lost_workers") or []
     if not lost:
         return []
-    users = sum(w["users"] for w in lost)
+    users = sum(w["users"] for w in lost if w.get("rejoined_after_s") is None)
     first = min(w["after_s"] for w in lost)
-    return [_finding(
-        "lost_worker", "warning",
-        f"{len(lost)} worker(s) lost during the test, the first {first:.0f} s in ("
-        + "; ".join(f"{w['worker']} {w['how']}" for w in lost) + f"): {users} users stopped with them and were not "
-        "replaced, so the load after that was lower than the run's user count says. Run with --enable-rebalancing "
-        "to have Locust give their users to the remaining workers.", workers=lost, users_lost=users)]
+    text = f"{len(lost)} worker(s) lost during the test, the first {first:.0f} s in: " + "; ".join(
+        describe_lost(w) for w in lost) + "."
+    if users:
+        text += (f" The load after that was up to {users} users lower than the run's user count says; run with "
+                 "--enable-rebalancing to have Locust give lost workers' users to the remaining ones.")
+    return [_finding("lost_worker", "warning", text, workers=lost, users_lost=users)]
 
 
 def _saturation(summary: dict) -> list[dict]:

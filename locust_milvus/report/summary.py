@@ -18,6 +18,7 @@ from pathlib import Path
 
 from locust_milvus.config.secrets import REDACTED
 from locust_milvus.report import server_metrics
+from locust_milvus.report.findings import describe_lost
 from locust_milvus.report.histograms import INTERVAL_S, PERCENTILES, Recorder, percentiles_ms
 
 SCHEMA = 1
@@ -390,9 +391,7 @@ def generator_health_blocks(health: dict | None) -> list[tuple]:
           for p in health["processes"]], 1),
     ]
     out += [("p", "WARNING: " + text) for text in health["warnings"]]
-    out += [("p", f"LOST: {w['worker']} {w['how']} {w['after_s']:.0f} s into the test; its {w['users']} users "
-                  "stopped with it and were not replaced (Locust moves them to the other workers only with "
-                  "--enable-rebalancing).") for w in health.get("lost_workers", ())]
+    out += [("p", f"LOST: {describe_lost(w)}.") for w in health.get("lost_workers", ())]
     return out
 
 

@@ -24,6 +24,7 @@ from collections import deque
 
 import gevent
 
+from locust_milvus.report.findings import HOW_SILENT, describe_lost
 from locust_milvus.runtime.bridge import current_bridge
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.progress import progress
@@ -306,8 +307,15 @@ class LostWorkers:
                 users = sum((node.user_classes_count or {}).values())
                 if users:
                     self._users[client_id] = users
+                lost = self.lost.get(client_id)
+                if lost is not None and lost.get("rejoined_after_s") is None and lost["how"] == HOW_SILENT:
+                    # Locust "self-heals" a worker whose heartbeats come back (its network returned): its users ran
+                    # on meanwhile, and their statistics reach the master late.
+                    lost["rejoined_after_s"] = round(now - lost["lost_at"], 1)
+                    logger.warning("locust-milvus: %s is back %.0f s after it went silent", lost["worker"],
+                                   now - lost["lost_at"])
             elif client_id not in self.lost:
-                self._lose(runner, client_id, now, "stopped sending heartbeats (killed, or its network lost)")
+                self._lose(runner, client_id, now, HOW_SILENT)
         for client_id in set(self._users) - set(clients) - set(self.lost):
             self._lose(runner, client_id, now, "left (quit)")
 
@@ -318,16 +326,14 @@ class LostWorkers:
         who = (report.get("live") or {}).get("process") or (f"worker {index}" if index is not None
                                                               else f"worker {client_id}")
         self.lost[client_id] = {"worker": who, "client_id": client_id, "how": how, "lost_at": now,
-                                "after_s": round(now - self._started, 1), "users": users}
-        logger.warning("locust-milvus: %s %s %.0f s into the test; its %d users stopped with it (Locust gives them "
-                       "to the other workers only with --enable-rebalancing)", who, how, now - self._started, users)
+                                "after_s": round(now - self._started, 1), "users": users, "rejoined_after_s": None}
+        logger.warning("locust-milvus: %s", describe_lost(self.lost[client_id]))
 
     def report(self) -> list[dict]:
         return sorted(self.lost.values(), key=lambda w: w["lost_at"])
 
     def lines(self) -> list[str]:
-        return [f"{w['worker']} {w['how']} {w['after_s']:.0f} s into the test: its {w['users']} users stopped with it"
-                for w in self.report()]
+        return [describe_lost(w) for w in self.report()]
 
 
 lost_workers = LostWorkers()

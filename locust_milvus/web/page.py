@@ -241,8 +241,9 @@ class RunPage:
                   "lag_history": sparkline([max(h[1], h[2] or 0) for h in p.get("history") or ()],
                                            health_module.LAG_LIMIT_MS * 2),
                   "status": ", ".join(p.get("over_limit") or []) or "ok"} for p in state["processes"]]
-        procs += [{"name": w["worker"], "status": f"LOST {w['after_s']:.0f} s in ({w['users']} users stopped)"}
-                  for w in state.get("lost_workers", ())]
+        procs += [{"name": w["worker"], "status": (f"LOST {w['after_s']:.0f} s in" + (
+                      f", back {w['rejoined_after_s']:.0f} s later" if w.get("rejoined_after_s") is not None
+                      else f" ({w['users']} users)"))} for w in state.get("lost_workers", ())]
         return [{"key": TAB_COMPARISON, "data": comparison}, {"key": TAB_PROCESSES, "data": procs}]
 
 
