@@ -21,7 +21,7 @@ The rooms:
                       dataset.py, embeddings.py, pacing.py (--target-rps), recall.py
 - ``milvus/``         store.py (connecting, the collection, pre-population), verify.py (--verify)
 - ``runtime/``        grpc_gevent.py and shield.py (the sync path), bridge.py (the async path), shutdown.py
-                      (Ctrl-C, the exit deadline), monitor.py, health.py, progress.py
+                      (Ctrl-C, the exit deadline), monitor.py, health.py, memory.py, lost_workers.py, progress.py
 - ``embedded/``       server.py (Milvus from the ``milvus`` wheel), loopback.py (its private network)
 - ``web/``            page.py (the /milvus run page and Locust's extra tabs)
 - ``report/``         histograms.py (the recorder), summary.py, plots.py, gates.py, compare.py, folder.py,

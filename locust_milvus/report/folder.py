@@ -78,6 +78,8 @@ def write_run(folder: Path, data: dict, scrub: Callable[[str], str] = lambda tex
             images.append(("latency_over_time.png", "latency percentiles over time"))
         if plots.recall_over_time_chart(data, folder / "recall_over_time.png"):
             images.append(("recall_over_time.png", "recall over time (--recall)"))
+        if plots.memory_chart(data, folder / "memory.png"):
+            images.append(("memory.png", "memory over time"))
     first: list[tuple] = []
     if data.get("capacity"):  # --find-capacity: the answer comes first
         from locust_milvus.capacity import answer

@@ -306,6 +306,31 @@ def recall_over_time_chart(summary: dict, path: Path, title: str = "Recall over 
     return path
 
 
+def memory_chart(summary: dict, path: Path, title: str = "Memory over time") -> Path | None:
+    """Resident memory of every process (generator_health.memory), a line each, with the warm-up after which growth
+    is judged marked. None when the run was too short to judge growth in any process."""
+    memory = [m for m in ((summary.get("generator_health") or {}).get("memory") or ()) if len(m.get("rss_mb")
+                                                                                              or ()) > 1]
+    if not any(m.get("growth") for m in memory):  # too short a run for a warm-up: the table says so
+        return None
+    fig = _figure(12.0, 3.6)
+    ax = fig.subplots()
+    for m in memory[:MAX_LINES]:
+        ax.plot([p[0] for p in m["rss_mb"]], [p[1] for p in m["rss_mb"]], marker=".", markersize=3, linewidth=1.2,
+                label=m["process"])
+    warmups = [m["growth"]["warmup_s"] for m in memory if m.get("growth")]
+    if warmups:
+        ax.axvline(warmups[0], color="#888", linestyle=":", linewidth=1, label="end of warm-up (growth judged after)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("seconds from the test's start")
+    ax.set_ylabel("resident memory, MiB")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    _legend_outside(fig, ax)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
 def timeline_lines(summary: dict, by: str = "operation", prefix: str = "") -> dict[str, tuple]:
     """Throughput lines of one summary: one per (operation, mode), or, with ``by="mode"``, one per mode (all of its
     operations added). Largest first."""

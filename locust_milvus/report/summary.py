@@ -392,6 +392,18 @@ def generator_health_blocks(health: dict | None) -> list[tuple]:
     ]
     out += [("p", "WARNING: " + text) for text in health["warnings"]]
     out += [("p", f"LOST: {describe_lost(w)}.") for w in health.get("lost_workers", ())]
+    memory = [m for m in health.get("memory") or () if m.get("rss_mb")]
+    if memory:
+        out += [("p", "Resident memory (RSS) of every process over the test, sampled from its start; growth is from "
+                      "the first sample after a warm-up (60 s or the first fifth of the run, whichever is longer: "
+                      "caches and pools fill first) to the end. Drawn over time in \"Memory over time\"."),
+                ("table", ["process", "RSS at start MiB", "after warm-up MiB", "at end MiB", "peak MiB",
+                           "growth after warm-up"],
+                 [[m["process"], _num(m["rss_mb"][0][1]),
+                   *((_num(g["after_warmup_mb"]), _num(g["end_mb"]), _num(g["peak_mb"]),
+                      f"{g['growth_pct']:+.1f} % (from {g['warmup_s']:.0f} s)") if (g := m.get("growth"))
+                     else ("n/a", _num(m["rss_mb"][-1][1]), _num(max(p[1] for p in m["rss_mb"])),
+                           "n/a (run too short)"))] for m in memory], 1)]
     return out
 
 

@@ -15,7 +15,7 @@ In a distributed run every worker sends its figures (and its set-up progress) to
 
 from __future__ import annotations
 
-from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 import logging
 import os
@@ -24,8 +24,9 @@ from collections import deque
 
 import gevent
 
-from locust_milvus.report.findings import HOW_SILENT, describe_lost
 from locust_milvus.runtime.bridge import current_bridge
+from locust_milvus.runtime.lost_workers import lost_workers  # noqa: F401 - the report and web UI read it here
+from locust_milvus.runtime.memory import growth, memory
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.progress import progress
 from locust_milvus.workload.request_events import ASYNC, SYNC
@@ -230,6 +231,7 @@ class Health:
             "longest_over_s": {name: s.longest for name, s in sig.items()},
             "saturated": bool(warnings),
             "warnings": warnings,
+            "rss_mb": memory.points,  # (seconds since test start, MiB): the report's memory over time
         }
 
     def live(self) -> dict:
@@ -271,72 +273,6 @@ window_listeners: list = []
 workers: dict[str, dict] = {}
 
 
-class LostWorkers:
-    """On a master: the workers lost during a test (no heartbeat, or quit), when, and the users that stopped with
-    them. Locust marks a worker missing after its heartbeat timeout and, without --enable-rebalancing, does not
-    give its users to the others, so the run goes on with fewer users than it says: the report must say so."""
-
-    POLL_S = 1.0
-
-    def __init__(self) -> None:
-        self.lost: dict[str, dict] = {}
-        self._users: dict[str, int] = {}  # users each worker ran, as last seen (Locust clears it when lost)
-        self._greenlet: gevent.Greenlet | None = None
-        self._started = 0.0
-
-    def start(self, runner) -> None:
-        self.stop()
-        self.lost, self._users, self._started = {}, {}, time.time()
-        self._greenlet = gevent.spawn(self._watch, runner)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-
-    def _watch(self, runner) -> None:
-        while True:
-            self.check(runner)
-            gevent.sleep(self.POLL_S)
-
-    def check(self, runner) -> None:
-        now = time.time()
-        clients = dict(runner.clients.items())
-        for client_id, node in clients.items():
-            if node.state != STATE_MISSING:
-                users = sum((node.user_classes_count or {}).values())
-                if users:
-                    self._users[client_id] = users
-                lost = self.lost.get(client_id)
-                if lost is not None and lost.get("rejoined_after_s") is None and lost["how"] == HOW_SILENT:
-                    # Locust "self-heals" a worker whose heartbeats come back (its network returned): its users ran
-                    # on meanwhile, and their statistics reach the master late.
-                    lost["rejoined_after_s"] = round(now - lost["lost_at"], 1)
-                    logger.warning("locust-milvus: %s is back %.0f s after it went silent", lost["worker"],
-                                   now - lost["lost_at"])
-            elif client_id not in self.lost:
-                self._lose(runner, client_id, now, HOW_SILENT)
-        for client_id in set(self._users) - set(clients) - set(self.lost):
-            self._lose(runner, client_id, now, "left (quit)")
-
-    def _lose(self, runner, client_id: str, now: float, how: str) -> None:
-        users = self._users.get(client_id, 0)
-        report = workers.get(client_id) or {}
-        index = getattr(runner, "worker_indexes", {}).get(client_id)
-        who = (report.get("live") or {}).get("process") or (f"worker {index}" if index is not None
-                                                              else f"worker {client_id}")
-        self.lost[client_id] = {"worker": who, "client_id": client_id, "how": how, "lost_at": now,
-                                "after_s": round(now - self._started, 1), "users": users, "rejoined_after_s": None}
-        logger.warning("locust-milvus: %s", describe_lost(self.lost[client_id]))
-
-    def report(self) -> list[dict]:
-        return sorted(self.lost.values(), key=lambda w: w["lost_at"])
-
-    def lines(self) -> list[str]:
-        return [describe_lost(w) for w in self.report()]
-
-
-lost_workers = LostWorkers()
 
 
 def process_report() -> dict:
@@ -354,13 +290,19 @@ def report_block(runner) -> dict | None:
         summaries = [health.summary()] if health.signals["hub_lag"].n else []
     if not summaries and not lost:
         return None
+    own = "master" if isinstance(runner, MasterRunner) else "local runner"
+    rss = [(f"{own} (pid {os.getpid()})", memory.points)] if isinstance(runner, MasterRunner) else []
+    rss += [(s["process"], s.get("rss_mb") or []) for s in summaries]
     return {
         "lost_workers": lost,
         "limits": {"hub_lag_ms": LAG_LIMIT_MS, "loop_lag_ms": LAG_LIMIT_MS, "cpu_pct": CPU_LIMIT_PCT,
                    "sustained_s": SUSTAIN_S},
-        "processes": summaries,
+        "processes": [{k: v for k, v in s.items() if k != "rss_mb"} for s in summaries],
         "saturated": any(s["saturated"] for s in summaries),
         "warnings": [w for s in summaries for w in s["warnings"]],
+        # Every process's resident memory over the test, and its growth after a warm-up (memory.py).
+        "memory": [{"process": who, "rss_mb": [list(p) for p in points], "growth": growth(points)}
+                   for who, points in rss if points],
     }
 
 
@@ -376,6 +318,7 @@ def on_worker_report(client_id, data: dict, **_kwargs) -> None:
 
 def on_test_start(environment, **_kwargs) -> None:
     runner = environment.runner
+    memory.start()  # every process, the master too
     if isinstance(runner, MasterRunner):
         workers.clear()  # last test's figures; every worker reports again within a few seconds
         lost_workers.start(runner)
@@ -384,6 +327,7 @@ def on_test_start(environment, **_kwargs) -> None:
 
 
 def on_test_stop(environment, **_kwargs) -> None:
+    memory.stop()
     if isinstance(environment.runner, MasterRunner):
         lost_workers.check(environment.runner)
         lost_workers.stop()  # its findings stay for the report
