@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench browser
+.PHONY: run test bench profile browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ browser:
 
 bench: $(STAMP)
 	$(BIN)/python bench/search_throughput.py
+
+# Where a search's client CPU goes, by layer (ours, LangChain, pymilvus, gRPC, gevent, asyncio), per user class.
+profile: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/profile_breakdown.py
