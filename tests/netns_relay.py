@@ -6,7 +6,7 @@ Binds LISTEN_HOST:LISTEN_PORT inside the namespace at NETNS_PATH (e.g. /var/run/
 host's namespace and connects each client to 127.0.0.1:TARGET_PORT there: it lets processes in the test's private
 namespaces reach the embedded Milvus, which listens on the host's loopback only. A socket keeps the namespace it was
 made in, and setns(2) moves only the calling thread, so the listening socket is made first and everything after
-runs in the host's namespace. Plain threads, no gevent.
+runs in the host's namespace.
 """
 
 import ctypes
@@ -14,6 +14,8 @@ import os
 import socket
 import sys
 import threading
+
+from relay import serve
 
 CLONE_NEWNET = 0x40000000
 ns_path, listen_host, listen_port, target_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -29,20 +31,6 @@ def setns(path: str) -> None:
         os.close(fd)
 
 
-def pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 host_ns = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
 host_fd = os.open(host_ns, os.O_RDONLY)  # held open: the way back
 setns(ns_path)
@@ -53,12 +41,4 @@ server.listen()
 if libc.setns(host_fd, CLONE_NEWNET) != 0:
     raise OSError(ctypes.get_errno(), "setns back to the host's namespace")
 print("ready", flush=True)
-while True:
-    client, _ = server.accept()
-    try:
-        upstream = socket.create_connection(("127.0.0.1", target_port))
-    except OSError:
-        client.close()
-        continue
-    threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-    threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+serve(server, target_port)
