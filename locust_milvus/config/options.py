@@ -293,7 +293,7 @@ def _workload_options(parser) -> None:
         workload,
         "--recall", env_var="LOCUST_RECALL", type=float, default=0.0,
         help="Share of the searches (0 to 1) whose recall@k is measured against exact nearest neighbours of the "
-        "documents this run wrote, computed with numpy (default: 0, off; local runs only).",
+        "documents this run wrote, computed with numpy (default: 0, off).",
     )
     _option(
         workload,
