@@ -8,7 +8,8 @@
   init already did for this start; every process that runs users opens its store. Options are read here
   because workers receive them only now.
 - test_stop: log the concurrency evidence (monitor.py); with --verify, check the write ledger against the
-  collection (verify.py). quitting: cancel async work, stop the embedded Milvus.
+  collection (verify.py) and hand the verdict on (run_verdict.py: the run's, or a worker's to its master).
+- quitting: cancel async work, stop the embedded Milvus.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
-from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, count_rows, verify
+from locust_milvus.milvus.verify import count_rows, verify
+from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import quiet_logs, shutdown
 from locust_milvus.runtime.bridge import close_bridge, get_bridge
 from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
@@ -267,12 +269,12 @@ def on_test_stop(environment, **_kwargs) -> None:
                     "end within --milvus-timeout, unobserved", abandoned)
     if _state is not None and _state.settings.target_rps:
         pacing.log_if_not_met(_state.settings.target_rps)
-    # Users are stopped by now (test_stop fires after they are killed): the ledger is final.
+    # Users are stopped by now (test_stop fires after they are killed): the ledger is final. The verdict is the
+    # run's in a local run; a worker's goes to the master, which gives the run's (run_verdict.py).
     if _state is not None and _state.settings.verify:
-        verdict = verify(_state.settings, _state.ledger)
-        (logger.info if verdict.ok else logger.error)(verdict.line())
-        if not verdict.ok:
-            environment.process_exit_code = VERIFY_EXIT_CODE
+        verdicts.own(environment, verify(_state.settings, _state.ledger))
+    elif _state is None and run_options(environment).get("verify"):
+        verdicts.own(environment, None)
 
 
 def on_quitting(environment, **_kwargs) -> None:

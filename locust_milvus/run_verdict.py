@@ -1,0 +1,197 @@
+"""--verify's one verdict for the run: a local runner's own, or on a master its workers' verdicts merged.
+
+A local runner checks its ledger when the test stops (lifecycle.on_test_stop runs milvus/verify.py); that verdict
+is the run's. In a distributed run each worker checks its own ledger the same way, logs the verdict as its own
+(``locust-milvus verify (worker 0): ...``) and sends its summary (counts, a few example ids, any error;
+milvus/verdict.py) to the master in a Locust message. The master expects one from every worker that took part in
+the test (connected when it began to stop, or lost during it). Once all are in, or its wait is over, it merges them,
+logs the run's one ``locust-milvus verify: ...`` line and sets exit code 4 when it FAILED; the report records it
+(summary.json's ``verify``). A worker whose verdict did not arrive is named as not verified, which makes the run
+FAILED: a check that did not happen is never reported as passed.
+
+Timing. When a web UI test stops, each worker checks its ledger before it tells the master it has stopped, so the
+verdicts are in when the master's test_stop fires. When a headless run ends (--run-time, Ctrl-C, SIGTERM), Locust's
+master tells the workers to quit and stops listening to them half a second later, and the workers check their
+ledgers only then. So at quitting, before the report is written and before the embedded Milvus (which the workers
+query) stops, the master listens again and waits for the verdicts, and for the workers' final statistics that
+follow them, until shortly before its shutdown deadline (--stop-timeout + 10 s from the stop, runtime/shutdown.py):
+the run always ends, with the verdicts that arrived.
+"""
+
+from __future__ import annotations
+
+from locust.runners import STATE_INIT, STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
+
+import logging
+import time
+
+import gevent
+from gevent.event import Event
+
+from locust_milvus.config.load import run_options
+from locust_milvus.milvus.verdict import VERIFY_EXIT_CODE, Verdict, line_of, merge
+from locust_milvus.runtime import shutdown
+from locust_milvus.runtime.health import lost_workers
+
+logger = logging.getLogger("locust_milvus")
+
+MESSAGE = "locust_milvus_verify"
+WAIT_S = 10.0  # no shutdown deadline set (a web UI test stopped): the master's longest wait beyond --stop-timeout
+WRITE_MARGIN_S = 4.0  # kept before the shutdown deadline: the report is written and the embedded Milvus stopped
+POLL_S = 0.1
+
+
+class RunVerdict:
+    """The current test's verdict on a master or a local runner (a worker only sends its own)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.active = False  # --verify is on for this test
+        self.result: dict | None = None  # the run's verdict (verdict.merge's, or a local Verdict's summary)
+        self.decided = Event()
+        self.expected: dict[str, str] = {}  # on a master, once the test stops: client id -> "worker N"
+        self.received: dict[str, dict] = {}  # client id -> the summary that worker sent
+        self.stopped_at: float | None = None
+
+    # --- listeners (plugin.py registers them) -------------------------------------------------------------------
+
+    def on_init(self, environment, runner=None) -> None:
+        if isinstance(runner, MasterRunner):
+            runner.register_message(MESSAGE, self._on_message)
+
+    def on_test_start(self, environment, **_kwargs) -> None:
+        if isinstance(environment.runner, WorkerRunner):
+            return
+        self._reset()
+        self.active = bool(run_options(environment).get("verify"))
+
+    def on_test_stopping(self, environment, **_kwargs) -> None:
+        runner = environment.runner
+        if not isinstance(runner, MasterRunner) or not self.active or self.stopped_at is not None:
+            return
+        self.stopped_at = time.monotonic()
+        # Workers still "ready" joined after the test started and ran nothing; lost ones ran users and cannot check.
+        took_part = [node.id for node in runner.clients.all if node.state != STATE_INIT] + list(lost_workers.lost)
+        self.expected = {client_id: _worker_name(runner, client_id) for client_id in took_part}
+        self._decide_if_complete(environment)
+
+    def on_quitting(self, environment, **_kwargs) -> None:
+        runner = environment.runner
+        if not isinstance(runner, MasterRunner) or not self.active:
+            return
+        shutdown.arm(environment.stop_timeout, "quitting")
+        if runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            # Ctrl-C or SIGTERM mid-test: Locust's shutdown quits the workers only after the quitting listeners,
+            # the report's among them. Quit them now (what Locust does next anyway), so that they check first.
+            runner.quit()
+        if len(runner.greenlet):
+            return  # Locust's listener still runs: a web UI test whose verdict its report waits for (settle)
+        # Locust's quit stopped listening to the workers; their verdicts wait in the master's socket.
+        listener = gevent.spawn(runner.client_listener)
+        try:
+            until = time.monotonic() + self.budget(environment)
+            self.settle(environment, timeout=until - time.monotonic())
+            # Each worker sends its final statistics after its verdict, then quits: wait for that too, so that the
+            # report counts the requests of the workers' last seconds.
+            while any(_connected(runner, client_id) for client_id in self.expected) and time.monotonic() < until:
+                gevent.sleep(POLL_S)
+        finally:
+            listener.kill(block=False)
+
+    # --- this process's own verdict (lifecycle.on_test_stop) ------------------------------------------------------
+
+    def own(self, environment, verdict: Verdict | None) -> None:
+        """This process's verdict, once its users have stopped; None: --verify is on but this process's set-up
+        failed, so it kept no ledger."""
+        runner = environment.runner
+        if isinstance(runner, WorkerRunner):
+            name = f"worker {runner.worker_index}"
+            if verdict is None:
+                verdict = Verdict(error="its set-up failed, so nothing it wrote was tracked")
+            (logger.info if verdict.ok else logger.error)(verdict.line(name))
+            if not verdict.ok:
+                environment.process_exit_code = VERIFY_EXIT_CODE  # the worker's own exit code, as before
+            try:
+                runner.send_message(MESSAGE, {"worker": name, **verdict.summary()})
+            except Exception as e:  # noqa: BLE001 - the master then says it got no verdict from this worker
+                logger.error("locust-milvus: %s could not send its --verify verdict to the master: %s", name, e)
+            return
+        if verdict is None:
+            self.active = False  # set-up failed: the run has no verdict, and its exit code says why
+            self.decided.set()
+            return
+        self._give(environment, verdict.summary())
+
+    # --- the run's verdict ----------------------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        return self.active and not self.decided.is_set()
+
+    def settle(self, environment, timeout: float | None = None) -> dict | None:
+        """The run's verdict, waiting up to ``timeout`` s (by default, the budget) for it; None without --verify.
+        When the wait is over, the workers whose verdicts are missing are named as not verified."""
+        if not self.active:
+            return None
+        if not self.decided.is_set():
+            self.decided.wait(max(0.0, self.budget(environment) if timeout is None else timeout))
+        if not self.decided.is_set():
+            if isinstance(environment.runner, MasterRunner):
+                waited = time.monotonic() - (self.stopped_at or time.monotonic())
+                self._decide(environment, f"its verdict had not arrived {waited:.0f} s after the test began to stop "
+                                          "(the worker was lost, or its check had not finished)")
+            else:
+                self._give(environment, Verdict(error="the check had not finished in time").summary())
+        return self.result
+
+    @staticmethod
+    def budget(environment) -> float:
+        """How long the master may still wait: until WRITE_MARGIN_S before the shutdown deadline, if one is set."""
+        left = shutdown.seconds_left()
+        if left is None:
+            return float(environment.stop_timeout or 0) + WAIT_S
+        return max(0.0, left - WRITE_MARGIN_S)
+
+    def _on_message(self, environment, msg, **_kwargs) -> None:
+        data = dict(msg.data or {})
+        if not self.active:
+            return
+        if self.decided.is_set():
+            logger.warning("locust-milvus: the --verify verdict of %s arrived after the run's verdict was given, "
+                           "and is not in it: %s", data.get("worker", msg.node_id), line_of(data))
+            return
+        self.received[msg.node_id] = data
+        self._decide_if_complete(environment)
+
+    def _decide_if_complete(self, environment) -> None:
+        if self.stopped_at is not None and not self.decided.is_set() and set(self.expected) <= set(self.received):
+            self._decide(environment, "")
+
+    def _decide(self, environment, no_verdict: str) -> None:
+        reports: dict[str, dict | None] = {name: self.received.get(cid) for cid, name in self.expected.items()}
+        for cid, data in self.received.items():  # a worker that joined as the test stopped, say
+            if cid not in self.expected:
+                reports[data.get("worker") or f"worker {cid}"] = data
+        self._give(environment, merge(reports, no_verdict))
+
+    def _give(self, environment, summary: dict) -> None:
+        summary["line"] = line = line_of(summary)
+        self.result = summary
+        (logger.info if summary["ok"] else logger.error)(line)
+        if not summary["ok"] and not environment.process_exit_code:  # a set-up failure (1) keeps its own code
+            environment.process_exit_code = VERIFY_EXIT_CODE
+        self.decided.set()
+
+
+def _connected(runner, client_id: str) -> bool:
+    node = runner.clients.get(client_id)
+    return node is not None and node.state != STATE_MISSING
+
+
+def _worker_name(runner, client_id: str) -> str:
+    index = getattr(runner, "worker_indexes", {}).get(client_id)
+    return f"worker {index}" if index is not None else f"worker {client_id}"
+
+
+verdicts = RunVerdict()

@@ -1,0 +1,113 @@
+"""--verify in distributed runs: one verdict for the run, given by the master from its workers' verdicts, in its log,
+its report and its exit code. Real processes on loopback: a headless master and two workers against the session's
+embedded Milvus."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import LOCUSTFILE, ROOT, child_env, read_stats_csv
+from .test_distributed import WORKER_TOTALS, finish
+from .test_web_ui import free_port
+
+pytestmark = pytest.mark.locust
+LOSE_A_WRITE = ROOT / "tests" / "lose_a_write.py"
+COUNTS = r"checked=(\d+) missing=(\d+) deleted_but_present=(\d+) duplicate_rows=(\d+) unknown_outcome=(\d+)"
+RUN_LINE = re.compile(r"locust-milvus verify: (OK|FAILED) " + COUNTS + r" workers_verified=(\d+)/(\d+)(.*)")
+WORKER_LINE = re.compile(r"locust-milvus verify \((worker \d+)\): (OK|FAILED) " + COUNTS)
+
+
+def start(locustfiles: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "locust", "-f", locustfiles, *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+
+
+def verify_run(milvus, collection, tmp_path, seconds: int, addon: bool = False, kill_worker_after: float | None = None):
+    port = free_port()
+    master = start(str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                   "--headless", "--expect-workers", "2", "-u", "4", "-r", "4", "-t", f"{seconds}s", "--host",
+                   milvus.uri, "--collection", collection, "--prepopulate", "50", "--verify", "--csv",
+                   str(tmp_path / "run"), "--reports-dir", str(tmp_path / "reports"),
+                   "--add-weight", "4", "--search-weight", "2", "--delete-weight", "1", "--upsert-weight", "1")
+    # The add-on runs on the workers: worker 0 loses a write there before it checks its ledger.
+    locustfiles = f"{LOCUSTFILE},{LOSE_A_WRITE}" if addon else str(LOCUSTFILE)
+    workers = [start(locustfiles, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+               for _ in range(2)]
+    if kill_worker_after is not None:
+        time.sleep(kill_worker_after)
+        workers[0].send_signal(signal.SIGKILL)
+    master_out = finish(master, timeout=seconds + 150)
+    worker_outs = [finish(w, timeout=30) for w in workers]
+    [folder] = list((tmp_path / "reports").iterdir())
+    summary = json.loads((folder / "summary.json").read_text())
+    return master, master_out, worker_outs, summary, folder
+
+
+def test_the_master_gives_one_verdict_for_the_run(milvus, collection, tmp_path):
+    master, out, worker_outs, summary, folder = verify_run(milvus, collection, tmp_path, seconds=6)
+    assert master.returncode == 0, out[-3000:]
+    for text in (out, *worker_outs):
+        assert "Traceback" not in text, text[-3000:]
+    # Each worker checked its own documents and logged it as its own, not as the run's.
+    workers = [WORKER_LINE.search(w) for w in worker_outs]
+    assert all(workers), [w[-2000:] for w in worker_outs]
+    assert sorted(m.group(1) for m in workers) == ["worker 0", "worker 1"]
+    assert all(m.group(2) == "OK" and int(m.group(3)) > 0 for m in workers)
+    assert not any(RUN_LINE.search(w) for w in worker_outs)
+    # The master logs the run's verdict once: the workers' counts added up.
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == 1, out[-3000:]
+    [(word, checked, missing, resurrected, duplicates, unknown, verified, of, rest)] = runs
+    assert (word, verified, of) == ("OK", "2", "2"), runs
+    assert int(checked) == sum(int(m.group(3)) for m in workers)
+    assert int(unknown) == sum(int(m.group(7)) for m in workers)
+    assert (missing, resurrected, duplicates, rest.strip()) == ("0", "0", "0", ""), runs
+    # The report records it, with each worker's part.
+    verdict = summary["verify"]
+    assert verdict["ok"] and verdict["checked"] == int(checked) and verdict["workers_verified"] == 2
+    assert sorted(p["process"] for p in verdict["processes"]) == ["worker 0", "worker 1"]
+    assert verdict["line"] in out
+    assert "## Write ledger (--verify): OK" in (folder / "summary.md").read_text()
+    # The master waited for the workers' final statistics, which come after their checks: the totals add up.
+    totals = [WORKER_TOTALS.search(w) for w in worker_outs]
+    assert all(totals), [w[-2000:] for w in worker_outs]
+    stats = read_stats_csv(tmp_path / "run")
+    assert sum(int(m.group(1)) for m in totals) == int(stats[("", "Aggregated")]["Request Count"])
+
+
+def test_a_write_lost_on_one_worker_fails_the_run_with_exit_code_4(milvus, collection, tmp_path):
+    master, out, worker_outs, summary, _ = verify_run(milvus, collection, tmp_path, seconds=6, addon=True)
+    assert "Traceback" not in out, out[-3000:]
+    lost = re.search(r"lose_a_write: deleted (\S+) behind the ledger's back", worker_outs[0] + worker_outs[1])
+    assert lost, [w[-2000:] for w in worker_outs]
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == 1, out[-3000:]
+    [(word, _checked, missing, resurrected, duplicates, _unknown, verified, of, rest)] = runs
+    assert (word, missing, resurrected, duplicates, verified, of) == ("FAILED", "1", "0", "0", "2", "2"), runs
+    assert rest == f"; missing e.g. {lost.group(1)}", runs
+    assert master.returncode == 4, out[-3000:]
+    verdict = summary["verify"]
+    assert not verdict["ok"] and verdict["missing"] == 1 and verdict["missing_examples"] == [lost.group(1)]
+    assert sorted((p["process"], p["ok"]) for p in verdict["processes"]) == [("worker 0", False), ("worker 1", True)]
+
+
+def test_a_worker_that_never_reports_leaves_the_run_not_verified(milvus, collection, tmp_path):
+    master, out, worker_outs, summary, _ = verify_run(milvus, collection, tmp_path, seconds=14, kill_worker_after=8)
+    assert "Traceback" not in out, out[-3000:]
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == 1, out[-3000:]
+    [(word, checked, missing, _r, _d, _u, verified, of, rest)] = runs
+    assert (word, missing, verified, of) == ("FAILED", "0", "1", "2"), runs
+    survivor = WORKER_LINE.search(worker_outs[1])
+    assert survivor and int(checked) == int(survivor.group(3)), worker_outs[1][-2000:]
+    assert re.fullmatch(r"; not verified by worker \d: its verdict had not arrived \d+ s after the test began to stop "
+                        r"\(the worker was lost, or its check had not finished\)", rest), runs
+    assert master.returncode == 4, out[-3000:]
+    assert not summary["verify"]["ok"] and len(summary["verify"]["not_verified"]) == 1
