@@ -48,6 +48,7 @@ _state: RunState | None = None
 _server: EmbeddedMilvus | None = None
 _created: set[tuple[str, str]] = set()  # (uri, collection) this process created, so a restart may replace it
 _prepared: IdLedger | None = None  # set-up done at init for the first test, with the ids it wrote
+_master_check: tuple | None = None  # a master's (settings, ledger of its pre-populated ids) with --verify
 
 
 def current_state() -> RunState | None:
@@ -185,8 +186,8 @@ def _fail_run(environment, message: str) -> None:
 
 
 def on_test_start(environment, **_kwargs) -> None:
-    global _state, _prepared, _said_why, _setup_failed
-    _state = None
+    global _state, _prepared, _said_why, _setup_failed, _master_check
+    _state = _master_check = None
     _said_why = _setup_failed = False
     runner = environment.runner
     options = run_options(environment)
@@ -209,6 +210,9 @@ def on_test_start(environment, **_kwargs) -> None:
             # --target-rps shares the rate among all users of the run; workers know only their own users, so
             # the total travels with the options (a custom attribute, which Locust forwards to workers).
             share_total_users(environment, runner.target_user_count)
+            if settings.verify:  # the pre-populated documents are the master's: it checks them (on_test_stop)
+                _master_check = (settings, ledger)
+                verdicts.expect_master_check()
             return  # the master runs no users
         total_users = (run_options(environment).total_users if isinstance(runner, WorkerRunner)
                        else runner.target_user_count)
@@ -262,6 +266,9 @@ def on_test_stopping(environment, **_kwargs) -> None:
 
 def on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
+        if _master_check is not None:
+            settings, ledger = _master_check
+            verdicts.check_master(environment, lambda: verify(settings, ledger))
         return
     monitor.stop()
     if abandoned := calls_in_flight():

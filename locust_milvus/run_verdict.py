@@ -24,6 +24,7 @@ from locust.runners import STATE_INIT, STATE_MISSING, STATE_RUNNING, STATE_SPAWN
 
 import logging
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -36,6 +37,7 @@ from locust_milvus.runtime.health import lost_workers
 logger = logging.getLogger("locust_milvus")
 
 MESSAGE = "locust_milvus_verify"
+MASTER = "master"  # the master's own part (its pre-populated documents), beside the workers' client ids
 WAIT_S = 10.0  # no shutdown deadline set (a web UI test stopped): the master's longest wait beyond --stop-timeout
 WRITE_MARGIN_S = 5.0  # kept before the shutdown deadline: the embedded Milvus stops (up to 3 s), the report is written
 POLL_S = 0.1
@@ -54,6 +56,7 @@ class RunVerdict:
         self.expected: dict[str, str] = {}  # on a master, once the test stops: client id -> "worker N"
         self.received: dict[str, dict] = {}  # client id -> the summary that worker sent
         self.stopped_at: float | None = None
+        self.master_part = False  # on a master, its own pre-populated documents are checked too
 
     # --- listeners (plugin.py registers them) -------------------------------------------------------------------
 
@@ -75,6 +78,8 @@ class RunVerdict:
         # Workers still "ready" joined after the test started and ran nothing; lost ones ran users and cannot check.
         took_part = [node.id for node in runner.clients.all if node.state != STATE_INIT] + list(lost_workers.lost)
         self.expected = {client_id: _worker_name(runner, client_id) for client_id in took_part}
+        if self.master_part:
+            self.expected[MASTER] = MASTER
         self._decide_if_complete(environment)
 
     def on_quitting(self, environment, **_kwargs) -> None:
@@ -124,6 +129,24 @@ class RunVerdict:
             return
         self._give(environment, verdict.summary())
 
+    def expect_master_check(self) -> None:
+        """On a master, at test start: it will check the documents it pre-populated (check_master)."""
+        self.master_part = self.active
+
+    def check_master(self, environment, check: Callable[[], Verdict]) -> None:
+        """On a master, at test stop: check the documents it pre-populated, which no worker writes or deletes, in a
+        greenlet of its own, so that Locust tells the workers to stop without waiting for it."""
+        def run() -> None:
+            try:
+                verdict = check()
+            except Exception as e:  # noqa: BLE001 - said as this part's error: the run is then not verified
+                verdict = Verdict(error=f"{type(e).__name__}: {e}")
+            (logger.info if verdict.ok else logger.error)(verdict.line(MASTER))
+            self._receive(environment, MASTER, {"worker": MASTER, **verdict.summary()})
+
+        if self.master_part:
+            gevent.spawn(run)
+
     # --- the run's verdict ----------------------------------------------------------------------------------------
 
     def pending(self) -> bool:
@@ -154,14 +177,16 @@ class RunVerdict:
         return max(0.0, left - WRITE_MARGIN_S)
 
     def _on_message(self, environment, msg, **_kwargs) -> None:
-        data = dict(msg.data or {})
+        self._receive(environment, msg.node_id, dict(msg.data or {}))
+
+    def _receive(self, environment, client_id: str, data: dict) -> None:
         if not self.active:
             return
         if self.decided.is_set():
             logger.warning("locust-milvus: the --verify verdict of %s arrived after the run's verdict was given, "
-                           "and is not in it: %s", data.get("worker", msg.node_id), line_of(data))
+                           "and is not in it: %s", data.get("worker", client_id), line_of(data))
             return
-        self.received[msg.node_id] = data
+        self.received[client_id] = data
         self._decide_if_complete(environment)
 
     def _decide_if_complete(self, environment) -> None:

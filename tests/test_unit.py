@@ -267,10 +267,10 @@ def test_the_runs_verify_verdict_adds_up_workers_and_names_those_that_did_not_ch
     lost = Verdict(checked=5, missing=["w1-a", "w1-b"]).summary()
     run = merge({"worker 1": lost, "worker 0": ok}, "no verdict")
     assert (run["ok"], run["checked"], run["missing"], run["unknown_outcome"]) == (False, 15, 2, 2)
-    assert run["missing_examples"] == ["w1-a", "w1-b"] and run["workers_verified"] == 2
+    assert run["missing_examples"] == ["w1-a", "w1-b"] and run["processes_verified"] == 2
     assert [p["process"] for p in run["processes"]] == ["worker 0", "worker 1"]
     assert line_of(run) == ("locust-milvus verify: FAILED checked=15 missing=2 deleted_but_present=0 "
-                            "duplicate_rows=0 unknown_outcome=2 workers_verified=2/2; missing e.g. w1-a, w1-b")
+                            "duplicate_rows=0 unknown_outcome=2 processes_verified=2/2; missing e.g. w1-a, w1-b")
     # A worker's own line says whose it is; a local runner's is the run's, as before.
     assert Verdict(checked=3).line("worker 0").startswith("locust-milvus verify (worker 0): OK checked=3 ")
     assert Verdict(checked=3).line() == ("locust-milvus verify: OK checked=3 missing=0 deleted_but_present=0 "
@@ -278,10 +278,12 @@ def test_the_runs_verify_verdict_adds_up_workers_and_names_those_that_did_not_ch
     # A worker that sent nothing, or could not query Milvus, adds no counts and fails the run: never OK unchecked.
     silent = merge({"worker 0": ok, "worker 2": None, "worker 10": Verdict(checked=7, error="boom").summary()},
                    "no verdict arrived")
-    assert not silent["ok"] and silent["checked"] == 10 and silent["workers_verified"] == 1
-    assert line_of(silent).endswith("workers_verified=1/3; not verified by worker 2: no verdict arrived; "
+    assert not silent["ok"] and silent["checked"] == 10 and silent["processes_verified"] == 1
+    assert line_of(silent).endswith("processes_verified=1/3; not verified by worker 2: no verdict arrived; "
                                     "not verified by worker 10: boom")
-    assert not merge({}, "x")["ok"]  # no worker at all: nothing was checked
+    # The master's own pre-populated documents alone are not the run's writes: no worker took part.
+    assert not merge({"master": Verdict(checked=50).summary()}, "x")["ok"]
+    assert not merge({}, "x")["ok"]
     md = "\n".join(str(b) for b in blocks({**silent, "line": line_of(silent)}))
     assert "Write ledger (--verify): FAILED" in md and "no verdict arrived" in md
 
@@ -311,7 +313,7 @@ def test_the_master_waits_for_the_workers_that_took_part_and_fails_on_a_missing_
         verdicts.on_test_stopping(env)
         assert verdicts.pending() and set(verdicts.expected) == {"a", "b"}  # "late" joined after the start
         result = verdicts.settle(env, timeout=0.05)  # worker 1's verdict never comes
-        assert not result["ok"] and result["checked"] == 4 and result["workers_verified"] == 1
+        assert not result["ok"] and result["checked"] == 4 and result["processes_verified"] == 1
         assert "not verified by worker 1: its verdict had not arrived" in result["line"]
         assert env.process_exit_code == 4
     finally:

@@ -20,8 +20,9 @@ from .test_web_ui import free_port
 pytestmark = pytest.mark.locust
 LOSE_A_WRITE = ROOT / "tests" / "lose_a_write.py"
 COUNTS = r"checked=(\d+) missing=(\d+) deleted_but_present=(\d+) duplicate_rows=(\d+) unknown_outcome=(\d+)"
-RUN_LINE = re.compile(r"locust-milvus verify: (OK|FAILED) " + COUNTS + r" workers_verified=(\d+)/(\d+)(.*)")
+RUN_LINE = re.compile(r"locust-milvus verify: (OK|FAILED) " + COUNTS + r" processes_verified=(\d+)/(\d+)(.*)")
 WORKER_LINE = re.compile(r"locust-milvus verify \((worker \d+)\): (OK|FAILED) " + COUNTS)
+MASTER_LINE = re.compile(r"locust-milvus verify \(master\): (OK|FAILED) " + COUNTS)
 
 
 def start(locustfiles: str, *args: str) -> subprocess.Popen:
@@ -61,18 +62,21 @@ def test_the_master_gives_one_verdict_for_the_run(milvus, collection, tmp_path):
     assert sorted(m.group(1) for m in workers) == ["worker 0", "worker 1"]
     assert all(m.group(2) == "OK" and int(m.group(3)) > 0 for m in workers)
     assert not any(RUN_LINE.search(w) for w in worker_outs)
-    # The master logs the run's verdict once: the workers' counts added up.
+    # The master checks the documents it pre-populated, which no worker writes or deletes.
+    own = MASTER_LINE.search(out)
+    assert own and own.group(1) == "OK" and int(own.group(2)) == 50, out[-3000:]
+    # The master logs the run's verdict once: the workers' counts and its own added up.
     runs = RUN_LINE.findall(out)
     assert len(runs) == 1, out[-3000:]
     [(word, checked, missing, resurrected, duplicates, unknown, verified, of, rest)] = runs
-    assert (word, verified, of) == ("OK", "2", "2"), runs
-    assert int(checked) == sum(int(m.group(3)) for m in workers)
+    assert (word, verified, of) == ("OK", "3", "3"), runs
+    assert int(checked) == sum(int(m.group(3)) for m in workers) + 50
     assert int(unknown) == sum(int(m.group(7)) for m in workers)
     assert (missing, resurrected, duplicates, rest.strip()) == ("0", "0", "0", ""), runs
     # The report records it, with each worker's part.
     verdict = summary["verify"]
-    assert verdict["ok"] and verdict["checked"] == int(checked) and verdict["workers_verified"] == 2
-    assert sorted(p["process"] for p in verdict["processes"]) == ["worker 0", "worker 1"]
+    assert verdict["ok"] and verdict["checked"] == int(checked) and verdict["processes_verified"] == 3
+    assert [p["process"] for p in verdict["processes"]] == ["master", "worker 0", "worker 1"]
     assert verdict["line"] in out
     assert "## Write ledger (--verify): OK" in (folder / "summary.md").read_text()
     # The master waited for the workers' final statistics, which come after their checks: the totals add up.
@@ -90,12 +94,13 @@ def test_a_write_lost_on_one_worker_fails_the_run_with_exit_code_4(milvus, colle
     runs = RUN_LINE.findall(out)
     assert len(runs) == 1, out[-3000:]
     [(word, _checked, missing, resurrected, duplicates, _unknown, verified, of, rest)] = runs
-    assert (word, missing, resurrected, duplicates, verified, of) == ("FAILED", "1", "0", "0", "2", "2"), runs
+    assert (word, missing, resurrected, duplicates, verified, of) == ("FAILED", "1", "0", "0", "3", "3"), runs
     assert rest == f"; missing e.g. {lost.group(1)}", runs
     assert master.returncode == 4, out[-3000:]
     verdict = summary["verify"]
     assert not verdict["ok"] and verdict["missing"] == 1 and verdict["missing_examples"] == [lost.group(1)]
-    assert sorted((p["process"], p["ok"]) for p in verdict["processes"]) == [("worker 0", False), ("worker 1", True)]
+    assert [(p["process"], p["ok"]) for p in verdict["processes"]] == [("master", True), ("worker 0", False),
+                                                                       ("worker 1", True)]
 
 
 def test_a_worker_that_never_reports_leaves_the_run_not_verified(milvus, collection, tmp_path):
@@ -104,9 +109,9 @@ def test_a_worker_that_never_reports_leaves_the_run_not_verified(milvus, collect
     runs = RUN_LINE.findall(out)
     assert len(runs) == 1, out[-3000:]
     [(word, checked, missing, _r, _d, _u, verified, of, rest)] = runs
-    assert (word, missing, verified, of) == ("FAILED", "0", "1", "2"), runs
+    assert (word, missing, verified, of) == ("FAILED", "0", "2", "3"), runs
     survivor = WORKER_LINE.search(worker_outs[1])
-    assert survivor and int(checked) == int(survivor.group(3)), worker_outs[1][-2000:]
+    assert survivor and int(checked) == int(survivor.group(3)) + 50, worker_outs[1][-2000:]
     assert re.fullmatch(r"; not verified by worker \d: its verdict had not arrived \d+ s after the test began to stop "
                         r"\(the worker was lost, or its check had not finished\)", rest), runs
     assert master.returncode == 4, out[-3000:]

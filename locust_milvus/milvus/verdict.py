@@ -47,8 +47,8 @@ def line_of(summary: dict, who: str = "") -> str:
     text = (f"locust-milvus {label}: {'OK' if summary['ok'] else 'FAILED'} checked={summary['checked']} "
             f"missing={summary['missing']} deleted_but_present={summary['deleted_but_present']} "
             f"duplicate_rows={summary['duplicate_rows']} unknown_outcome={summary['unknown_outcome']}")
-    if "workers" in summary:
-        text += f" workers_verified={summary['workers_verified']}/{summary['workers']}"
+    if "processes_expected" in summary:
+        text += f" processes_verified={summary['processes_verified']}/{summary['processes_expected']}"
     if summary["missing_examples"]:
         text += f"; missing e.g. {', '.join(summary['missing_examples'][:SHOWN])}"
     if summary["deleted_but_present_examples"]:
@@ -65,12 +65,13 @@ def _natural(name: str) -> list:
 
 
 def merge(reports: dict[str, dict | None], no_verdict: str) -> dict:
-    """The run's verdict from its workers' summaries (name -> summary, or None when none arrived, said as
-    ``no_verdict``). Only workers that checked their ledger add to the counts; one that did not is named in
-    ``not_verified`` and the run is FAILED, as it is when no worker at all took part."""
+    """The run's verdict from its processes' summaries (name -> summary, or None when none arrived, said as
+    ``no_verdict``): the workers', and the master's for the documents it pre-populated. Only processes that checked
+    their ledger add to the counts; one that did not is named in ``not_verified`` and the run is FAILED, as it is
+    when no worker at all took part."""
     run: dict = {"ok": False, **dict.fromkeys(COUNTS, 0), "missing_examples": [],
-                 "deleted_but_present_examples": [], "error": "", "workers": len(reports), "workers_verified": 0,
-                 "not_verified": [], "processes": []}
+                 "deleted_but_present_examples": [], "error": "", "processes_expected": len(reports),
+                 "processes_verified": 0, "not_verified": [], "processes": []}
     for name in sorted(reports, key=_natural):
         summary = reports[name]
         if summary is None:
@@ -81,12 +82,12 @@ def merge(reports: dict[str, dict | None], no_verdict: str) -> dict:
         if summary.get("error"):
             run["not_verified"].append(f"{name}: {summary['error']}")
             continue
-        run["workers_verified"] += 1
+        run["processes_verified"] += 1
         for key in COUNTS:
             run[key] += int(summary.get(key) or 0)
         run["missing_examples"] += summary.get("missing_examples") or []
         run["deleted_but_present_examples"] += summary.get("deleted_but_present_examples") or []
-    if not reports:
+    if not any(name.startswith("worker") for name in reports):
         run["not_verified"].append("any worker: none was connected when the test stopped")
     run["error"] = "; ".join(run["not_verified"])
     run["ok"] = not (run["missing"] or run["deleted_but_present"] or run["duplicate_rows"] or run["not_verified"])
@@ -107,8 +108,9 @@ def blocks(verdict: dict) -> list[tuple]:
         ("p", "After the load, every id whose write Milvus acknowledged was looked up in the collection: each add or "
               "upsert must be there once, each delete gone. Writes whose outcome is unknown (failed, timed out or "
               "cut off at stop) may rightly be either and are counted apart, never judged."
-              + (" Each worker checked its own documents and sent its verdict to the master; a worker that did not "
-                 "check makes the run FAILED." if "workers" in verdict else "")),
+              + (" Each worker checked its own documents and sent its verdict to the master, and the master checked "
+                 "the documents it pre-populated; a process that did not check makes the run FAILED."
+                 if "processes_expected" in verdict else "")),
         ("list", [verdict.get("line") or line_of(verdict)]),
     ]
     if verdict.get("processes"):
