@@ -116,3 +116,41 @@ def test_a_worker_that_never_reports_leaves_the_run_not_verified(milvus, collect
                         r"\(the worker was lost, or its check had not finished\)", rest), runs
     assert master.returncode == 4, out[-3000:]
     assert not summary["verify"]["ok"] and len(summary["verify"]["not_verified"]) == 1
+
+
+def test_a_local_run_records_its_verdict_in_its_report(milvus, collection, tmp_path):
+    proc = start(f"{LOCUSTFILE},{LOSE_A_WRITE}", "--headless", "-u", "2", "-r", "2", "-t", "4s", "--host", milvus.uri,
+                 "--collection", collection, "--prepopulate", "20", "--verify", "--reports-dir", str(tmp_path),
+                 "--add-weight", "2", "--search-weight", "1")
+    out = finish(proc, timeout=150)
+    lost = re.search(r"lose_a_write: deleted (\S+) behind the ledger's back", out)
+    assert lost, out[-3000:]
+    [line] = re.findall(r"locust-milvus verify: .*", out)
+    assert line.startswith("locust-milvus verify: FAILED ") and line.endswith(f"; missing e.g. {lost.group(1)}")
+    assert proc.returncode == 4, out[-3000:]
+    [folder] = list(tmp_path.iterdir())
+    verdict = json.loads((folder / "summary.json").read_text())["verify"]
+    assert verdict["line"] == line and verdict["missing"] == 1 and "processes" not in verdict
+    assert "Verify: FAILED (below)." in (folder / "summary.md").read_text()
+
+
+def test_a_web_ui_stop_gives_the_verdict_before_the_report(milvus, collection, tmp_path):
+    # --autostart with -t: Locust stops the test as the web UI's Stop does (the workers check before they tell the
+    # master they stopped), then --autoquit ends the processes.
+    port = free_port()
+    master = start(str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                   "--autostart", "--autoquit", "6", "--web-host", "127.0.0.1", "--web-port", str(free_port()),
+                   "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "5s", "--host", milvus.uri, "--collection",
+                   collection, "--prepopulate", "30", "--verify", "--reports-dir", str(tmp_path / "reports"),
+                   "--add-weight", "3", "--search-weight", "1")
+    workers = [start(str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+               for _ in range(2)]
+    out = finish(master, timeout=150)
+    worker_outs = [finish(w, timeout=30) for w in workers]
+    assert all(WORKER_LINE.search(w) for w in worker_outs), [w[-2000:] for w in worker_outs]
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == 1 and runs[0][0] == "OK" and runs[0][6:8] == ("3", "3"), out[-3000:]
+    assert master.returncode == 0, out[-3000:]
+    [folder] = list((tmp_path / "reports").iterdir())
+    verdict = json.loads((folder / "summary.json").read_text())["verify"]
+    assert verdict["ok"] and verdict["processes_verified"] == 3
