@@ -57,6 +57,7 @@ class RunVerdict:
         self.received: dict[str, dict] = {}  # client id -> the summary that worker sent
         self.stopped_at: float | None = None
         self.master_part = False  # on a master, its own pre-populated documents are checked too
+        self._quitting = False
 
     # --- listeners (plugin.py registers them) -------------------------------------------------------------------
 
@@ -84,17 +85,23 @@ class RunVerdict:
 
     def on_quitting(self, environment, **_kwargs) -> None:
         runner = environment.runner
-        if not isinstance(runner, MasterRunner) or not self.active:
+        if not isinstance(runner, MasterRunner) or not self.active or self._quitting:
             return
+        self._quitting = True
         shutdown.arm(environment.stop_timeout, "quitting")
-        if runner.state in (STATE_SPAWNING, STATE_RUNNING):
+        mid_test = runner.state in (STATE_SPAWNING, STATE_RUNNING)
+        if not mid_test and len(runner.greenlet):
+            return  # a web UI test stopped earlier: its verdict is given, or its report waits for it (settle)
+        if mid_test:
             # Ctrl-C or SIGTERM mid-test: Locust's shutdown quits the workers only after the quitting listeners,
-            # the report's among them. Quit them now (what Locust does next anyway), so that they check first.
-            runner.quit()
-        if len(runner.greenlet):
-            return  # Locust's listener still runs: a web UI test whose verdict its report waits for (settle)
-        # Locust's quit stopped listening to the workers; their verdicts wait in the master's socket.
-        listener = gevent.spawn(runner.client_listener)
+            # the report's among them. Stop the test and quit them now, so that they check their ledgers first.
+            runner.stop(send_stop_to_client=False)
+            for greenlet in list(runner.greenlet):
+                if getattr(greenlet, "_run", None) == runner.client_listener:
+                    greenlet.kill(block=True)  # _listen takes over (it says why)
+            runner.send_message("quit")
+        # Otherwise Locust's quit (a headless run's end) stopped listening: the verdicts wait in the master's socket.
+        listener = gevent.spawn(_listen, runner)
         try:
             until = time.monotonic() + self.budget(environment)
             self.settle(environment, timeout=until - time.monotonic())
@@ -207,6 +214,23 @@ class RunVerdict:
         if not summary["ok"] and not environment.process_exit_code:  # a set-up failure (1) keeps its own code
             environment.process_exit_code = VERIFY_EXIT_CODE
         self.decided.set()
+
+
+def _listen(runner) -> None:
+    """Locust's listener's work while the master waits at quitting (the verdicts, the final statistics,
+    heartbeats), except a worker's quit: Locust's listener then quits the master once more when no worker is left,
+    which ends Locust's wait in its main greenlet, and a SIGTERM handler's shutdown would then run twice at once."""
+    while True:
+        try:
+            client_id, msg = runner.server.recv_from_client()
+        except Exception:  # noqa: BLE001 - a message that cannot be read: Locust's listener skips it too
+            gevent.sleep(POLL_S)
+            continue
+        if msg.type == "quit":
+            if msg.node_id in runner.clients:
+                del runner.clients[msg.node_id]
+            continue
+        runner.handle_message(client_id, msg)
 
 
 def _connected(runner, client_id: str) -> bool:
