@@ -154,3 +154,29 @@ def test_a_web_ui_stop_gives_the_verdict_before_the_report(milvus, collection, t
     [folder] = list((tmp_path / "reports").iterdir())
     verdict = json.loads((folder / "summary.json").read_text())["verify"]
     assert verdict["ok"] and verdict["processes_verified"] == 3
+
+
+def test_sigterm_mid_test_quits_the_workers_first_and_ends_with_their_verdicts(milvus, collection, tmp_path):
+    port = free_port()
+    master = start(str(LOCUSTFILE), "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                   "--headless", "--expect-workers", "2", "-u", "4", "-r", "4", "-t", "120s", "--host", milvus.uri,
+                   "--collection", collection, "--prepopulate", "30", "--verify", "--reports-dir",
+                   str(tmp_path / "reports"), "--add-weight", "3", "--search-weight", "1")
+    workers = [start(str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+               for _ in range(2)]
+    time.sleep(14)  # set-up, then a few seconds of load
+    assert master.poll() is None
+    master.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    out = finish(master, timeout=60)
+    ended_s = time.monotonic() - began
+    worker_outs = [finish(w, timeout=30) for w in workers]
+    assert "Traceback" not in out and out.count("Shutting down") == 1, out[-3000:]
+    # Within the shutdown deadline (--stop-timeout 0 + 10 s), and the workers checked before the report.
+    assert ended_s < 10, ended_s
+    assert all(WORKER_LINE.search(w) for w in worker_outs), [w[-2000:] for w in worker_outs]
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == 1 and runs[0][0] == "OK" and runs[0][6:8] == ("3", "3"), out[-3000:]
+    assert master.returncode == 0 and all(w.returncode == 0 for w in workers), out[-3000:]
+    [folder] = list((tmp_path / "reports").iterdir())
+    assert json.loads((folder / "summary.json").read_text())["verify"]["ok"]
