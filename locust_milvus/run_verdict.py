@@ -41,6 +41,7 @@ MASTER = "master"  # the master's own part (its pre-populated documents), beside
 WAIT_S = 10.0  # no shutdown deadline set (a web UI test stopped): the master's longest wait beyond --stop-timeout
 WRITE_MARGIN_S = 5.0  # kept before the shutdown deadline: the embedded Milvus stops (up to 3 s), the report is written
 POLL_S = 0.1
+LOCAL_WAIT_S = 300.0  # a web UI test's report waits this long for a local runner's check (its queries have deadlines)
 
 
 class RunVerdict:
@@ -165,7 +166,10 @@ class RunVerdict:
         if not self.active:
             return None
         if not self.decided.is_set():
-            self.decided.wait(max(0.0, self.budget(environment) if timeout is None else timeout))
+            if timeout is None:  # a local runner's check runs in this process, right after the report's test_stop
+                local = not isinstance(environment.runner, MasterRunner)
+                timeout = LOCAL_WAIT_S if local else self.budget(environment)
+            self.decided.wait(max(0.0, timeout))
         if not self.decided.is_set():
             if isinstance(environment.runner, MasterRunner):
                 waited = time.monotonic() - (self.stopped_at or time.monotonic())

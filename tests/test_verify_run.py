@@ -180,3 +180,40 @@ def test_sigterm_mid_test_quits_the_workers_first_and_ends_with_their_verdicts(m
     assert master.returncode == 0 and all(w.returncode == 0 for w in workers), out[-3000:]
     [folder] = list((tmp_path / "reports").iterdir())
     assert json.loads((folder / "summary.json").read_text())["verify"]["ok"]
+
+
+STOP_THEN_LOOK = """
+import json, pathlib, sys
+import gevent
+from locust.env import Environment
+import locust_milvus
+from locust_milvus import SyncMilvusUser
+
+env = Environment(user_classes=[SyncMilvusUser], host=sys.argv[1])
+runner = locust_milvus.register(env, collection=sys.argv[2], prepopulate=20, reports_dir=sys.argv[3], verify=True)
+runner.start(2, spawn_rate=2)
+for _ in range(600):  # set-up, then some writes
+    if env.stats.total.num_requests >= 30:
+        break
+    gevent.sleep(0.1)
+runner.stop()  # as the web UI's Stop: the folder is written once the check is done
+for _ in range(100):
+    found = list(pathlib.Path(sys.argv[3]).glob("*/summary.json"))
+    if found:
+        break
+    gevent.sleep(0.1)
+print("RESULT", json.dumps(json.loads(found[0].read_text())["verify"]) if found else "none")
+runner.quit()
+env.events.quitting.fire(environment=env, reason="done")
+"""
+
+
+def test_a_stopped_local_test_writes_its_report_after_the_check(milvus, collection, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", STOP_THEN_LOOK, milvus.uri, collection, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    [result] = [line.removeprefix("RESULT ") for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    verdict = json.loads(result)
+    assert verdict is not None, out[-3000:]
+    assert verdict["ok"] and verdict["checked"] >= 20 and verdict["line"] in out, out[-3000:]
