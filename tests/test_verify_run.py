@@ -1,6 +1,8 @@
-"""--verify in distributed runs: one verdict for the run, given by the master from its workers' verdicts, in its log,
-its report and its exit code. Real processes on loopback: a headless master and two workers against the session's
-embedded Milvus."""
+"""--verify gives one verdict per run: in a distributed run the master's, from its workers' verdicts and its own
+check of the documents it pre-populated, in its log, its report and its exit code, however the run ends (time limit,
+the web UI's stop, SIGTERM, a worker lost); in a local run its own, in its report too. Real locust processes on
+loopback against the session's embedded Milvus; a write is lost for real by deleting it behind the ledger's back
+(tests/lose_a_write.py)."""
 
 from __future__ import annotations
 
