@@ -13,13 +13,15 @@ The rooms:
 - ``plugin.py``       the one place that registers Locust listeners, in the order they run; ``register`` for
                       an Environment made in Python
 - ``lifecycle.py``    what happens at init, test start and stop, and quitting (set-up, embedded Milvus, teardown)
+- ``run_verdict.py``  --verify's one verdict per run (a master merges its workers' verdicts)
 - ``config/``         options.py (declared by group), load.py (Settings built once from them, every value
                       checked), settings.py (the Settings), secrets.py (token, URI credentials, the one scrubber)
 - ``workload/``       base.py (LangChainUser, AsyncLangChainUser: measure your own tasks), users.py (the
                       built-in users: pick an operation, time it, fire one event), operations.py (the table: each
                       operation once, for both modes), request_events.py, data.py (documents, the id ledger),
                       dataset.py, embeddings.py, pacing.py (--target-rps), recall.py
-- ``milvus/``         store.py (connecting, the collection, pre-population), verify.py (--verify)
+- ``milvus/``         store.py (connecting, the collection, pre-population), verify.py (--verify), verdict.py (its
+                      verdict, and the merge of a distributed run's)
 - ``runtime/``        grpc_gevent.py and shield.py (the sync path), bridge.py (the async path), shutdown.py
                       (Ctrl-C, the exit deadline), monitor.py, health.py, memory.py, lost_workers.py, progress.py
 - ``embedded/``       server.py (Milvus from the ``milvus`` wheel), loopback.py (its private network)

@@ -8,7 +8,8 @@
   init already did for this start; every process that runs users opens its store. Options are read here
   because workers receive them only now.
 - test_stop: log the concurrency evidence (monitor.py); with --verify, check the write ledger against the
-  collection (verify.py). quitting: cancel async work, stop the embedded Milvus.
+  collection (verify.py) and hand the verdict on (run_verdict.py: the run's, or a worker's to its master).
+- quitting: cancel async work, stop the embedded Milvus.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
 from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
-from locust_milvus.milvus.verify import VERIFY_EXIT_CODE, count_rows, verify
+from locust_milvus.milvus.verify import count_rows, verify
+from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import quiet_logs, shutdown
 from locust_milvus.runtime.bridge import close_bridge, get_bridge
 from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
@@ -46,6 +48,7 @@ _state: RunState | None = None
 _server: EmbeddedMilvus | None = None
 _created: set[tuple[str, str]] = set()  # (uri, collection) this process created, so a restart may replace it
 _prepared: IdLedger | None = None  # set-up done at init for the first test, with the ids it wrote
+_master_check: tuple | None = None  # a master's (settings, ledger of its pre-populated ids) with --verify
 
 
 def current_state() -> RunState | None:
@@ -183,8 +186,8 @@ def _fail_run(environment, message: str) -> None:
 
 
 def on_test_start(environment, **_kwargs) -> None:
-    global _state, _prepared, _said_why, _setup_failed
-    _state = None
+    global _state, _prepared, _said_why, _setup_failed, _master_check
+    _state = _master_check = None
     _said_why = _setup_failed = False
     runner = environment.runner
     options = run_options(environment)
@@ -207,6 +210,9 @@ def on_test_start(environment, **_kwargs) -> None:
             # --target-rps shares the rate among all users of the run; workers know only their own users, so
             # the total travels with the options (a custom attribute, which Locust forwards to workers).
             share_with_workers(environment, runner.target_user_count, ledger.prefix)
+            if settings.verify:  # the pre-populated documents are the master's: it checks them (on_test_stop)
+                _master_check = (settings, ledger)
+                verdicts.expect_master_check()
             return  # the master runs no users
         total_users = (run_options(environment).total_users if isinstance(runner, WorkerRunner)
                        else runner.target_user_count)
@@ -259,6 +265,9 @@ def on_test_stopping(environment, **_kwargs) -> None:
 
 def on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
+        if _master_check is not None:
+            settings, ledger = _master_check
+            verdicts.check_master(environment, lambda: verify(settings, ledger))
         return
     monitor.stop()
     if abandoned := calls_in_flight():
@@ -266,12 +275,12 @@ def on_test_stop(environment, **_kwargs) -> None:
                     "end within --milvus-timeout, unobserved", abandoned)
     if _state is not None and _state.settings.target_rps:
         pacing.log_if_not_met(_state.settings.target_rps)
-    # Users are stopped by now (test_stop fires after they are killed): the ledger is final.
+    # Users are stopped by now (test_stop fires after they are killed): the ledger is final. The verdict is the
+    # run's in a local run; a worker's goes to the master, which gives the run's (run_verdict.py).
     if _state is not None and _state.settings.verify:
-        verdict = verify(_state.settings, _state.ledger)
-        (logger.info if verdict.ok else logger.error)(verdict.line())
-        if not verdict.ok:
-            environment.process_exit_code = VERIFY_EXIT_CODE
+        verdicts.own(environment, verify(_state.settings, _state.ledger))
+    elif _state is None and run_options(environment).get("verify"):
+        verdicts.own(environment, None)
 
 
 def on_quitting(environment, **_kwargs) -> None:

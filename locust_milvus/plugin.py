@@ -18,7 +18,8 @@ What happens, in order:
 - request: the report's recorder, the monitor's per-process totals and a capacity step's figures (processes that
   run users).
 - test_stopping, test_stop, quitting: the shutdown deadline; the report's final scrape; the monitor's evidence
-  and --verify; the users stopped, the bridge and the embedded Milvus closed; the report written.
+  and --verify (a master waits for its workers' verdicts, run_verdict.py); the users stopped, the bridge and the
+  embedded Milvus closed; the report written.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from locust_milvus.capacity import steps as capacity_steps
 from locust_milvus.capacity.driver import driver as capacity
 from locust_milvus.config import options, secrets
 from locust_milvus.report import listeners as report
+from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import health
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.web import page
@@ -99,6 +101,7 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     report.on_init(environment, runner)  # refuses bad --check-* / --reports-dir before any server starts
     capacity.on_init(environment, runner)  # refuses a --find-capacity that cannot sweep (exit 2); workers take steps
     lifecycle.on_init(environment, runner)  # gRPC cooperative, Ctrl-C, embedded Milvus, headless set-up
+    verdicts.on_init(environment, runner)  # a master takes its workers' --verify verdicts
     run_page = page.install(environment, web_ui) if web_ui is not None else None
 
     # --- what the report records ------------------------------------------------------------------------------
@@ -125,17 +128,21 @@ def _on_init(environment, runner=None, web_ui=None, **_kwargs) -> None:
     ev.test_start.add_listener(report.on_test_start)  # the test's folder and CSV writer
     ev.test_start.add_listener(secrets.hide_host_credentials_at_test_start)  # a host typed into the web UI's form
     ev.test_start.add_listener(capacity.on_test_start)  # the sweep's plan (or, on a worker, no step yet)
+    ev.test_start.add_listener(verdicts.on_test_start)  # after the report's: it may write the last test's folder
     ev.test_start.add_listener(lifecycle.on_test_start)  # set-up: collection, stores, run state
     ev.test_start.add_listener(health.on_test_start)  # after set-up: the bridge, if any, exists now
     ev.test_start.add_listener(report.start_scraping)  # baseline after pre-population, before the first request
     if run_page is not None:
         ev.test_start.add_listener(run_page.new_test)
     ev.test_stopping.add_listener(lifecycle.on_test_stopping)  # a headless run's stop starts the exit deadline
+    ev.test_stopping.add_listener(verdicts.on_test_stopping)  # a master notes the workers whose verdicts it awaits
     ev.test_stop.add_listener(capacity.on_test_stop)  # the answer, before the report uses it
     ev.test_stop.add_listener(report.on_test_stop)  # final server scrape; written now unless headless
-    ev.test_stop.add_listener(lifecycle.on_test_stop)  # monitor evidence, --verify
+    ev.test_stop.add_listener(lifecycle.on_test_stop)  # monitor evidence, --verify (the verdict to run_verdict)
     ev.test_stop.add_listener(health.on_test_stop)
 
-    # --- quitting: Locust fires it in reverse order of registration, so lifecycle's runs first ---------------
-    ev.quitting.add_listener(report.on_quitting)  # second: the report folder and the gates' exit code
-    ev.quitting.add_listener(lifecycle.on_quitting)  # first: deadline, users stopped, bridge and Milvus closed
+    # --- quitting: Locust fires it in reverse order of registration, so the last one added runs first ---------
+    ev.quitting.add_listener(report.on_quitting)  # third: the report folder and the gates' exit code
+    ev.quitting.add_listener(lifecycle.on_quitting)  # second: deadline, users stopped, bridge and Milvus closed
+    # first: a master waits for its workers' --verify verdicts (they query the embedded Milvus, closed just after)
+    ev.quitting.add_listener(verdicts.on_quitting)

@@ -261,3 +261,63 @@ def test_sparklines_draw_the_last_minute_scaled_to_a_top():
     assert sparkline([0, 50, 100], 100.0) == "▁▅█"
     assert sparkline([10, 400], 100.0) == "▁█"  # past the top: scaled to the largest
     assert len(sparkline(list(range(120)), 100.0)) == 60
+
+
+def test_the_runs_verify_verdict_adds_up_workers_and_names_those_that_did_not_check():
+    from locust_milvus.milvus.verdict import Verdict, blocks, line_of, merge
+
+    ok = Verdict(checked=10, unknown=2).summary()
+    lost = Verdict(checked=5, missing=["w1-a", "w1-b"]).summary()
+    run = merge({"worker 1": lost, "worker 0": ok}, "no verdict")
+    assert (run["ok"], run["checked"], run["missing"], run["unknown_outcome"]) == (False, 15, 2, 2)
+    assert run["missing_examples"] == ["w1-a", "w1-b"] and run["processes_verified"] == 2
+    assert [p["process"] for p in run["processes"]] == ["worker 0", "worker 1"]
+    assert line_of(run) == ("locust-milvus verify: FAILED checked=15 missing=2 deleted_but_present=0 "
+                            "duplicate_rows=0 unknown_outcome=2 processes_verified=2/2; missing e.g. w1-a, w1-b")
+    # A worker's own line says whose it is; a local runner's is the run's, as before.
+    assert Verdict(checked=3).line("worker 0").startswith("locust-milvus verify (worker 0): OK checked=3 ")
+    assert Verdict(checked=3).line() == ("locust-milvus verify: OK checked=3 missing=0 deleted_but_present=0 "
+                                         "duplicate_rows=0 unknown_outcome=0")
+    # A worker that sent nothing, or could not query Milvus, adds no counts and fails the run: never OK unchecked.
+    silent = merge({"worker 0": ok, "worker 2": None, "worker 10": Verdict(checked=7, error="boom").summary()},
+                   "no verdict arrived")
+    assert not silent["ok"] and silent["checked"] == 10 and silent["processes_verified"] == 1
+    assert line_of(silent).endswith("processes_verified=1/3; not verified by worker 2: no verdict arrived; "
+                                    "not verified by worker 10: boom")
+    # The master's own pre-populated documents alone are not the run's writes: no worker took part.
+    assert not merge({"master": Verdict(checked=50).summary()}, "x")["ok"]
+    assert not merge({}, "x")["ok"]
+    md = "\n".join(str(b) for b in blocks({**silent, "line": line_of(silent)}))
+    assert "Write ledger (--verify): FAILED" in md and "no verdict arrived" in md
+
+
+def test_the_master_waits_for_the_workers_that_took_part_and_fails_on_a_missing_verdict():
+    from locust.argument_parser import get_parser
+    from locust.rpc import Message
+    from locust.runners import STATE_INIT, STATE_RUNNING, WorkerNode
+
+    from locust_milvus.milvus.verdict import Verdict
+    from locust_milvus.run_verdict import MESSAGE, RunVerdict
+
+    from .test_web_ui import free_port
+
+    env = Environment(user_classes=[], parsed_options=get_parser(default_config_files=[]).parse_args(["--verify"]))
+    runner = env.create_master_runner("127.0.0.1", free_port())
+    try:
+        verdicts = RunVerdict()
+        verdicts.on_init(env, runner)
+        verdicts.on_test_start(env)
+        for client_id, index, state in (("a", 0, STATE_RUNNING), ("b", 1, STATE_RUNNING), ("late", 2, STATE_INIT)):
+            runner.clients[client_id] = WorkerNode(client_id)
+            runner.clients[client_id].state = state
+            runner.worker_indexes[client_id] = index
+        listener, _ = runner.custom_messages[MESSAGE]
+        listener(environment=env, msg=Message(MESSAGE, {"worker": "worker 0", **Verdict(checked=4).summary()}, "a"))
+        verdicts.on_test_stopping(env)
+        assert verdicts.pending() and set(verdicts.expected) == {"a", "b"}  # "late" joined after the start
+        result = verdicts.settle(env, timeout=0.05)  # worker 1's verdict never comes
+        assert not result["ok"] and result["checked"] == 4 and result["processes_verified"] == 1
+        assert "not verified by worker 1: its verdict had not arrived" in result["line"]
+        assert env.process_exit_code == 4
+    finally:
+        runner.quit()

@@ -11,44 +11,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 
 from pymilvus import MilvusClient
 
 from locust_milvus.config.settings import Settings
 from locust_milvus.milvus.store import connection_args
+from locust_milvus.milvus.verdict import SHOWN, VERIFY_EXIT_CODE, Verdict  # noqa: F401 - this module's API too
 from locust_milvus.workload.data import DELETED, PRESENT, UNKNOWN, IdLedger
 
-VERIFY_EXIT_CODE = 4  # distinct from Locust's 1 (failures) and the gates' 3
 QUERY_BATCH = 1000  # ids per `pk in [...]` query
-SHOWN = 5  # example ids in the log line
 LOAD_TIMEOUT_S = 60.0
-
-
-@dataclass
-class Verdict:
-    checked: int = 0
-    unknown: int = 0
-    missing: list[str] = field(default_factory=list)  # acknowledged as written, not in the collection
-    resurrected: list[str] = field(default_factory=list)  # acknowledged as deleted, back in the collection
-    duplicate_rows: int = 0  # rows beyond one per id, as count(*) sees them
-    error: str = ""  # the check itself could not be done
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.resurrected or self.duplicate_rows or self.error)
-
-    def line(self) -> str:
-        text = (f"locust-milvus verify: {'OK' if self.ok else 'FAILED'} checked={self.checked} "
-                f"missing={len(self.missing)} deleted_but_present={len(self.resurrected)} "
-                f"duplicate_rows={self.duplicate_rows} unknown_outcome={self.unknown}")
-        if self.missing:
-            text += f"; missing e.g. {', '.join(self.missing[:SHOWN])}"
-        if self.resurrected:
-            text += f"; deleted but present e.g. {', '.join(self.resurrected[:SHOWN])}"
-        if self.error:
-            text += f"; could not verify: {self.error}"
-        return text
 
 
 def verify(settings: Settings, ledger: IdLedger) -> Verdict:

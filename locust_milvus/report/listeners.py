@@ -11,6 +11,8 @@
 - test_stop: in the web UI, each test's folder is written when it stops (on a master a little later, once the
   workers' last reports are in). Headless runs write it at quitting, after the workers' final reports.
 - quitting: write what is pending, then the exit code: 3 when a gate failed (gates.GATE_EXIT_CODE).
+
+Each folder records --verify's verdict for the run (run_verdict.py), waiting for it when it is not given yet.
 """
 
 from __future__ import annotations
@@ -181,6 +183,9 @@ def on_test_stop(environment, **_kwargs) -> None:
     if isinstance(environment.runner, MasterRunner):
         # Workers report every WORKER_REPORT_INTERVAL s; their last requests arrive after test_stop.
         test.pending_write = gevent.spawn_later(WORKER_REPORT_INTERVAL + 0.5, _write, environment, test)
+    elif _verdicts().pending():
+        # --verify checks the collection in lifecycle's test_stop, after this listener: write once it has.
+        test.pending_write = gevent.spawn(_write, environment, test)
     else:
         _write(environment, test)
 
@@ -241,6 +246,7 @@ def _write(environment, test: _Test) -> None:
             logger.error("locust-milvus: %s", e)
             outcomes = []
     data["checks"] = [outcome.as_dict() for outcome in outcomes]
+    data["verify"] = _verdicts().settle(environment)  # --verify's verdict for the run (None without it)
     data["findings"] = findings.find(data)  # last: the rules read the checks, server side and health above
     for outcome in outcomes:
         (logger.info if outcome.passed else logger.error)(outcome.line)
@@ -254,6 +260,13 @@ def _write(environment, test: _Test) -> None:
     except Exception as e:  # noqa: BLE001 - a report that cannot be written must not hide the run's result
         logger.error("locust-milvus: the report could not be written to %s: %s: %s", test.folder,
                      type(e).__name__, e)
+
+
+def _verdicts():
+    # Not at import: run_verdict imports the health signals, which the report itself does not load (_meta says why).
+    from locust_milvus.run_verdict import verdicts
+
+    return verdicts
 
 
 def start_scraping(environment, **_kwargs) -> None:

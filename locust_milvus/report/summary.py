@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from locust_milvus.config.secrets import REDACTED
+from locust_milvus.milvus import verdict as verify_verdict
 from locust_milvus.report import server_metrics
 from locust_milvus.report.findings import describe_lost
 from locust_milvus.report.histograms import INTERVAL_S, PERCENTILES, Recorder, percentiles_ms
@@ -219,6 +220,8 @@ def headline_blocks(summary: dict) -> list[tuple]:
         bad = [c for c in checks if not c["passed"]]
         parts.append(f"Checks: all {len(checks)} passed." if not bad else f"Checks: {len(bad)} of {len(checks)} "
                      "FAILED.")
+    if summary.get("verify"):
+        parts.append(verify_verdict.headline(summary["verify"]))
     health = summary.get("generator_health")
     if health:
         parts.append("Load generator: SATURATED, the client limited part of the test (below)." if health["saturated"]
@@ -340,6 +343,8 @@ def blocks(summary: dict, comparison: list[tuple] | None = None, images: list[tu
         passed = all(c["passed"] for c in summary["checks"])
         out += [("h2", f"Checks: {'all passed' if passed else 'FAILED'}"),
                 ("list", [c["line"] for c in summary["checks"]])]
+    if summary.get("verify"):
+        out += verify_verdict.blocks(summary["verify"])
     out.append(("h2", "Failures"))
     if summary["failures"]:
         out.append(("table", ["error", "count", "operations"],

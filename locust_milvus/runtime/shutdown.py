@@ -62,6 +62,14 @@ _deadline: list = []  # [monotonic deadline, message] of this process, earliest 
 _thread_in_pid: int | None = None
 
 
+def seconds_left() -> float | None:
+    """Seconds until this process's deadline ends it, or None when none is set (work that waits on others, such as
+    the master waiting for its workers' --verify verdicts, stops waiting in time to finish before it)."""
+    if not _deadline or _thread_in_pid != os.getpid():
+        return None
+    return _deadline[0] - _native_monotonic()
+
+
 def _set_deadline(seconds: float, message: str) -> None:
     global _thread_in_pid
     at = _native_monotonic() + seconds
