@@ -35,14 +35,8 @@ def _retriever_options(o) -> dict:
     if search_type not in RETRIEVER_SEARCH_TYPES:
         raise ConfigError(f"--retriever-search-type must be one of {', '.join(RETRIEVER_SEARCH_TYPES)}, "
                           f"got {search_type!r}")
-    raw = getattr(o, "retriever_score_threshold", 0.0)
-    try:
-        threshold = float(raw if raw not in (None, "") else 0.0)
-    except (TypeError, ValueError):
-        threshold = -1.0
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"--retriever-score-threshold must be a relevance score from 0 to 1, got {raw!r}")
-    return {"retriever_search_type": search_type, "retriever_score_threshold": threshold}
+    return {"retriever_search_type": search_type,
+            "retriever_score_threshold": _share(o, "retriever_score_threshold", "a relevance score from 0 to 1")}
 
 
 def own_store_kwargs(user_classes) -> dict:
@@ -151,14 +145,15 @@ def _tls_options(o, uri: str) -> tuple[str, str]:
     return ca_file, server_name
 
 
-def _share(o, name: str) -> float:
+def _share(o, name: str, what: str = "a share between 0 and 1 (e.g. 0.1 for one search in ten)") -> float:
+    """A number from 0 to 1 (the web UI's form may hand it as text), or ConfigError saying it must be ``what``."""
+    raw = getattr(o, name, None)
     try:
-        value = float(getattr(o, name) or 0.0)
+        value = float(raw or 0.0)
     except (TypeError, ValueError):
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"--{name} must be a share between 0 and 1 (e.g. 0.1 for one search in ten), "
-                          f"got {getattr(o, name)!r}")
+        raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {raw!r}")
     return value
 
 

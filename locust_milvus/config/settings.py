@@ -97,7 +97,7 @@ class Settings:
     def index_metric(self) -> str:
         """The metric the collection is indexed with: --metric, or the user classes' own index_params' (recall)."""
         own = self.own_store_kwargs.get("index_params")
-        return str((own or {}).get("metric_type") or self.metric).upper() if isinstance(own, dict) else self.metric
+        return str(own.get("metric_type") or self.metric).upper() if isinstance(own, dict) else self.metric
 
     @cached_property  # read on every request: built once per run
     def call_kwargs(self) -> dict:

@@ -290,8 +290,8 @@ def report_block(runner) -> dict | None:
         summaries = [health.summary()] if health.signals["hub_lag"].n else []
     if not summaries and not lost:
         return None
-    own = "master" if isinstance(runner, MasterRunner) else "local runner"
-    rss = [(f"{own} (pid {os.getpid()})", memory.points)] if isinstance(runner, MasterRunner) else []
+    # A master runs no users, so no summary carries its memory: it adds its own.
+    rss = [(f"master (pid {os.getpid()})", memory.points)] if isinstance(runner, MasterRunner) else []
     rss += [(s["process"], s.get("rss_mb") or []) for s in summaries]
     return {
         "lost_workers": lost,

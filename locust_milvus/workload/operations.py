@@ -48,7 +48,7 @@ class RunState:
     source: DocSource = field(default_factory=DocSource)
     total_users: int = 1  # the run's user count over all workers (--target-rps gives each user rate / this)
     truth: GroundTruth | None = None  # --recall: the vectors of the documents this process wrote
-    _retrievers: dict = field(default_factory=dict, init=False, repr=False)  # sync/async -> the store's retriever
+    _retrievers: dict = field(default_factory=dict, init=False, repr=False)  # sync (True/False) -> its retriever
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -68,17 +68,18 @@ class RunState:
             self.corpus = [self.source.document(i, rng) for i in range(s.corpus_pool)]
             self.corpus_vectors = embed_pool(self.store.embeddings, s, [d.page_content for d in self.corpus],
                                              "corpus")
+        # The retriever task's retrievers, made once per mode at set-up, as a RAG chain holds its retriever.
+        wanted = "retriever" in chosen or "retriever" in s.target_rps
+        for sync, store in ((True, self.store), (False, self.astore)):
+            if wanted and store is not None:
+                self._retrievers[sync] = store.as_retriever(search_type=s.retriever_search_type,
+                                                            search_kwargs=retriever_kwargs(s))
 
     def target(self, op: Operation, sync: bool):
         """What ``op.method`` (sync) or ``op.async_method`` is called on: the store, or its retriever."""
-        store = self.store if sync else self.astore
-        if not op.via_retriever:
-            return store
-        retriever = self._retrievers.get(sync)
-        if retriever is None:  # once per process and mode: as a RAG chain holds its retriever, not per query
-            retriever = self._retrievers[sync] = store.as_retriever(
-                search_type=self.settings.retriever_search_type, search_kwargs=retriever_kwargs(self.settings))
-        return retriever
+        if op.via_retriever:
+            return self._retrievers[sync]
+        return self.store if sync else self.astore
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""
