@@ -188,7 +188,14 @@ def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
         client.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        # communicate, not wait: it drains the server's log on stderr, which would otherwise fill the pipe and block
+        # the server mid-write; what it wrote is shown if it does not stop
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"locust-milvus server did not stop on SIGINT; it wrote:\n{proc.communicate()[1][-3000:]}")
+        assert proc.returncode == 0, err[-3000:]
 
 
 SCENARIOS = sorted(p.name for p in (ROOT / "scenarios").glob("*.conf"))

@@ -370,6 +370,9 @@ def serve(port: int | None, data_dir: str | None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_signal)
+    # Ctrl-C too, explicitly: a process started in the background by a non-interactive shell (or by a parent that
+    # ignores SIGINT) inherits SIGINT ignored, and would then not stop on the signal this command promises to obey.
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         uri = server.start()
         print(uri, flush=True)
