@@ -27,7 +27,7 @@ from locust_milvus.config.load import run_options, settings_from, share_with_wor
 from locust_milvus.config.secrets import check_worker_token, redact_uri
 from locust_milvus.config.settings import ConfigError
 from locust_milvus.embedded.server import EmbeddedMilvus, EmbeddedServerError
-from locust_milvus.milvus.store import load_truth, open_async_store, open_store, prepare_collection
+from locust_milvus.milvus.store import load_truth, open_async_store, open_store, open_stores, prepare_collection
 from locust_milvus.milvus.verify import count_rows, verify
 from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import quiet_logs, shutdown
@@ -39,7 +39,7 @@ from locust_milvus.workload import pacing
 from locust_milvus.workload.base import own_user_classes
 from locust_milvus.workload.data import DocSource, IdLedger
 from locust_milvus.workload.dataset import load_dataset
-from locust_milvus.workload.operations import RunState
+from locust_milvus.workload.operations import RunState, bm25_kinds
 from locust_milvus.workload.request_events import one_line
 
 logger = logging.getLogger("locust_milvus")
@@ -218,8 +218,10 @@ def on_test_start(environment, **_kwargs) -> None:
                        else runner.target_user_count)
         needs_async = any(getattr(cls, "uses_async_bridge", False) for cls in environment.user_classes)
         astore = open_async_store(settings, get_bridge().run) if needs_async else None
-        if astore is not None:
-            _close_at_exit(astore)
+        stores = open_stores(settings, bm25_kinds(settings), get_bridge().run if needs_async else None)
+        for store in (astore, *(store for (_, sync), store in stores.items() if not sync)):
+            if store is not None:
+                _close_at_exit(store)
         truth = None
         if settings.recall:
             # A worker knows the pre-populated documents (read back by the master's prefix) and its own writes;
@@ -227,7 +229,7 @@ def on_test_start(environment, **_kwargs) -> None:
             prefix = options.set_up_prefix if isinstance(runner, WorkerRunner) else ledger.prefix
             truth = load_truth(settings, prefix)
         _state = RunState(settings=settings, store=open_store(settings), ledger=ledger, astore=astore,
-                          source=_source(settings), total_users=int(total_users or 1), truth=truth)
+                          source=_source(settings), total_users=int(total_users or 1), truth=truth, stores=stores)
         pacing.reset()
         logger.info("locust-milvus: target %s, collection %r, weights %s", redact_uri(settings.uri),
                     settings.collection, settings.weights)

@@ -108,7 +108,7 @@ def test_every_table_entry_is_a_langchain_sync_async_pair():
     from langchain_core.vectorstores import VectorStoreRetriever
 
     for op in TABLE.values():
-        on = VectorStoreRetriever if op.via_retriever else Milvus
+        on = VectorStoreRetriever if op.via == "retriever" else Milvus
         assert callable(getattr(on, op.method)), op.method
         assert callable(getattr(on, op.async_method)), op.async_method
 

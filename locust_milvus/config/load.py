@@ -15,7 +15,15 @@ from typing import Any
 
 from locust_milvus.config.options import WHOLE_NUMBERS
 from locust_milvus.config.secrets import redact_uri, redacted_options, scrubber_of, split_credentials
-from locust_milvus.config.settings import MAX_NAME_LENGTH, ConfigError, Settings, check_uri, is_identifier
+from locust_milvus.config.settings import (
+    MAX_NAME_LENGTH,
+    ConfigError,
+    Settings,
+    UsageError,
+    check_uri,
+    is_identifier,
+)
+from locust_milvus.milvus.bm25 import analyzer_params, ranker_options
 from locust_milvus.workload.operations import RETRIEVER_SEARCH_TYPES, TABLE
 from locust_milvus.workload.pacing import parse_target_rps
 
@@ -37,6 +45,24 @@ def _retriever_options(o) -> dict:
                           f"got {search_type!r}")
     return {"retriever_search_type": search_type,
             "retriever_score_threshold": _share(o, "retriever_score_threshold", "a relevance score from 0 to 1")}
+
+
+def _bm25_options(o, weights: dict[str, int], target_rps: dict, own_kwargs: dict) -> dict:
+    """--bm25 and what goes with it, checked: the BM25 tasks need it, and a weighted ranker needs its weights."""
+    bm25 = bool(getattr(o, "bm25", False))
+    if not bm25:
+        asked = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].needs_bm25]
+        asked += [f"--target-rps {n}=..." for n in target_rps if TABLE[n].needs_bm25]
+        if asked:
+            raise UsageError(f"{', '.join(asked)} without --bm25: these tasks search the collection's BM25 field; "
+                             "add --bm25 (Milvus >= 2.5 or Milvus Lite 3.x)")
+    elif own_kwargs:
+        raise UsageError("--bm25 with a user class's milvus_kwargs: the run would have two schemas; give the BM25 "
+                         "function in milvus_kwargs yourself (builtin_function=...), or leave --bm25 out")
+    ranker, params = ranker_options(str(getattr(o, "ranker", "") or "rrf"), str(getattr(o, "ranker_params", "") or ""),
+                                    bm25)
+    return {"bm25": bm25, "bm25_analyzer": analyzer_params(str(getattr(o, "bm25_analyzer", "") or "standard")),
+            "sparse_field": _field_name(o, "sparse_field", "sparse"), "ranker": ranker, "ranker_params": params}
 
 
 def own_store_kwargs(user_classes) -> dict:
@@ -83,6 +109,8 @@ def settings_from(environment, host: str | None = None) -> Settings:
         )
     uri, uri_token = split_credentials(check_uri(host))
     ca_file, server_name = _tls_options(o, uri)
+    target_rps = parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE))
+    own_kwargs = own_store_kwargs(getattr(environment, "user_classes", None) or ())
     return Settings(
         uri=uri,
         token=uri_token or o.milvus_token or "",  # the host's own credentials win, as in hide_host_credentials
@@ -117,8 +145,9 @@ def settings_from(environment, host: str | None = None) -> Settings:
         verify=bool(o.verify),
         recall=_share(o, "recall"),
         seal=bool(getattr(o, "seal", False)),
-        target_rps=parse_target_rps(str(getattr(o, "target_rps", "") or ""), set(TABLE)),
-        own_store_kwargs=own_store_kwargs(getattr(environment, "user_classes", None) or ()),
+        target_rps=target_rps,
+        own_store_kwargs=own_kwargs,
+        **_bm25_options(o, weights, target_rps, own_kwargs),
     )
 
 
@@ -173,8 +202,8 @@ def _json_object(o, name: str) -> dict | None:
     return value
 
 
-def _field_name(o, name: str) -> str:
-    value = str(getattr(o, name) or "").strip()
+def _field_name(o, name: str, default: str = "") -> str:
+    value = str(getattr(o, name, default) or "").strip()
     if not is_identifier(value):
         raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not a valid field name")
     return value

@@ -11,6 +11,7 @@ import argparse
 import logging
 from collections.abc import Callable
 
+from locust_milvus.milvus.bm25 import RANKERS
 from locust_milvus.report.gates import GATE_EXIT_CODE, LATENCY_METRICS
 from locust_milvus.workload.operations import RETRIEVER_SEARCH_TYPES, TABLE
 
@@ -24,8 +25,8 @@ DEFAULT_WEIGHTS = {name: op.default_weight for name, op in TABLE.items()}
 WHOLE_NUMBERS = {
     "batch_size": (1, 10, "Documents per add and ids per delete (default: 10)."),
     "top_k": (1, 3, "k of each similarity search (default: 3, as in the tutorials)."),
-    "fetch_k": (1, 20, "Candidates fetched by the MMR searches before re-ranking to --top-k (default: 20, "
-                       "LangChain's)."),
+    "fetch_k": (1, 20, "Candidates fetched by the MMR searches, and by each route of hybrid_search, before "
+                       "re-ranking to --top-k (default: 20, LangChain's for MMR)."),
     "prepopulate": (0, 1000, "Documents inserted before the users start (default: 1000, as in the tutorials)."),
     "dim": (1, 128, "Embedding dimension of the offline deterministic embedding (default: 128)."),
     "async_concurrency": (1, 1, "Operations each AsyncMilvusUser task keeps in flight with asyncio.gather "
@@ -185,8 +186,20 @@ def _collection_options(parser) -> None:
         "--existing-collection", env_var="LOCUST_EXISTING_COLLECTION", action="store_true", default=False,
         help="Read an existing collection as it is: no drop, no schema, no pre-population; write weights must be 0.",
     )
+    _option(
+        schema,
+        "--bm25", env_var="LOCUST_BM25", action="store_true", default=False,
+        help="Give the collection a BM25 full-text field that Milvus computes from the text field (Milvus >= 2.5 or "
+        "Milvus Lite 3.x), for the hybrid_search and full_text_search tasks; the other tasks stay on the dense field.",
+    )
+    _option(
+        schema,
+        "--bm25-analyzer", env_var="LOCUST_BM25_ANALYZER", default="standard",
+        help="Analyzer of the BM25 field: standard, english, chinese, or a JSON object of Milvus analyzer parameters "
+        "(default: standard).",
+    )
     for name, default, what in (("text", "text", "document text"), ("vector", "vector", "vector"),
-                                ("primary", "pk", "primary key")):
+                                ("primary", "pk", "primary key"), ("sparse", "sparse", "BM25 sparse vector")):
         _option(
             schema,
             f"--{name}-field", env_var=f"LOCUST_{name.upper()}_FIELD", default=default,
@@ -275,6 +288,17 @@ def _workload_options(parser) -> None:
         "--retriever-score-threshold", env_var="LOCUST_RETRIEVER_SCORE_THRESHOLD", type=_relevance, default=0.0,
         help="The retriever's score_threshold with --retriever-search-type similarity_score_threshold: LangChain's "
         "relevance score, 0 to 1 (default: 0.0).",
+    )
+    _option(
+        workload,
+        "--ranker", env_var="LOCUST_RANKER", default="rrf", choices=RANKERS,
+        help="How hybrid_search fuses its dense and BM25 results: rrf or weighted (default: rrf).",
+    )
+    _option(
+        workload,
+        "--ranker-params", env_var="LOCUST_RANKER_PARAMS", default="",
+        help='The ranker\'s parameters as JSON: \'{"k": 60}\' for rrf (its default), \'{"weights": [0.7, 0.3]}\' for '
+        "weighted (required: the dense route's weight, then BM25's, each 0 to 1).",
     )
     _option(
         workload,

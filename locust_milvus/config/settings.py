@@ -75,6 +75,11 @@ class Settings:
     recall: float = 0.0  # --recall: share of searches whose recall@k is measured (0: off)
     target_rps: dict = field(default_factory=dict)  # --target-rps: operation -> operations/s over the whole run
     own_store_kwargs: dict = field(default_factory=dict)  # the user classes' milvus_kwargs (workload/base.py)
+    bm25: bool = False  # --bm25: a BM25 full-text field beside the dense one (milvus/bm25.py)
+    bm25_analyzer: dict = field(default_factory=lambda: {"type": "standard"})  # its analyzer_params
+    sparse_field: str = "sparse"  # the BM25 function's output field
+    ranker: str = "rrf"  # hybrid_search's ranker: rrf or weighted
+    ranker_params: dict = field(default_factory=dict)  # its parameters (weighted: {"weights": [dense, bm25]})
 
     @property
     def store_kwargs(self) -> dict:

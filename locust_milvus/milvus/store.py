@@ -16,7 +16,8 @@ from langchain_milvus import Milvus
 from pymilvus import DataType, MilvusClient
 
 from locust_milvus.config.secrets import redact_uri
-from locust_milvus.config.settings import ConfigError, Settings
+from locust_milvus.config.settings import ConfigError, Settings, UsageError
+from locust_milvus.milvus import bm25
 from locust_milvus.runtime.progress import progress
 from locust_milvus.workload.data import SAMPLE_METADATA, DocSource, IdLedger, number_of
 from locust_milvus.workload.embeddings import embedding_for
@@ -117,8 +118,9 @@ def connect_error(settings: Settings, exc: BaseException) -> ConfigError:
                        "embedded Milvus")
 
 
-def _milvus(settings: Settings, timeout: float) -> Milvus:
-    return Milvus(
+def _milvus(settings: Settings, timeout: float, kind: str = "dense") -> Milvus:
+    """A LangChain store on the run's collection; with --bm25, the store of ``kind`` (bm25.KINDS)."""
+    kwargs = dict(
         embedding_function=embedding_for(settings),
         collection_name=settings.collection,
         connection_args=connection_args(settings),
@@ -127,21 +129,24 @@ def _milvus(settings: Settings, timeout: float) -> Milvus:
         timeout=timeout,  # LangChain prefers this to a per-call timeout
         **settings.store_kwargs,
     )
+    if not settings.bm25:
+        return Milvus(**kwargs)
+    return bm25.mend(Milvus(**{**kwargs, **bm25.store_kwargs(settings, kind)}), settings)
 
 
-def open_store(settings: Settings) -> Milvus:
-    """A store the users of this process share (one per process and mode, as an application has one).
+def open_store(settings: Settings, kind: str = "dense") -> Milvus:
+    """A store the users of this process share (one per process, mode and kind, as an application has one).
 
     ``store.col`` is read here once so that LangChain caches it: uncached, every search would first make a
     sync ``has_collection`` call (in the async path, a blocking call on the loop thread).
     """
-    store = _milvus(settings, settings.timeout)
+    store = _milvus(settings, settings.timeout, kind)
     if store.col is None:
         raise ConfigError(f"collection {settings.collection!r} does not exist on {redact_uri(settings.uri)}")
     return store
 
 
-def open_async_store(settings: Settings, run_on_loop: Callable[[Coroutine], Any]) -> Milvus:
+def open_async_store(settings: Settings, run_on_loop: Callable[[Coroutine], Any], kind: str = "dense") -> Milvus:
     """The store for async calls: built on the hub thread, its async client made on the bridge's loop.
 
     ``run_on_loop``: the bridge's ``run`` (runtime/bridge.py). Two constraints meet here:
@@ -159,7 +164,7 @@ def open_async_store(settings: Settings, run_on_loop: Callable[[Coroutine], Any]
     """
     from pymilvus import AsyncMilvusClient
 
-    store = open_store(settings)
+    store = open_store(settings, kind)
     store._async_milvus_client = None  # made in the hub thread by LangChain: bound to no loop we run
 
     async def make_async_client() -> AsyncMilvusClient:
@@ -167,6 +172,15 @@ def open_async_store(settings: Settings, run_on_loop: Callable[[Coroutine], Any]
 
     store._async_milvus_client = run_on_loop(make_async_client())
     return store
+
+
+def open_stores(settings: Settings, kinds: set[str], run_on_loop: Callable[[Coroutine], Any] | None) -> dict:
+    """--bm25's other stores (RunState.stores): each of ``kinds`` for sync calls, and for async ones when there is a
+    bridge (``run_on_loop``)."""
+    stores = {(kind, True): open_store(settings, kind) for kind in kinds}
+    if run_on_loop is not None:
+        stores.update({(kind, False): open_async_store(settings, run_on_loop, kind) for kind in kinds})
+    return stores
 
 
 def create_schema(store: Milvus, timeout: float | None = None, metadata: dict | None = None,
@@ -261,8 +275,16 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
     server_version = read_server_version(client, settings.timeout)
     logger.info("locust-milvus: Milvus at %s reports version %s", where, server_version or "(not given)")
     try:
+        if settings.bm25 and (problem := bm25.server_problem(settings, server_version)):
+            raise UsageError(problem)
         existing = _vector_dim(client, settings.collection, settings.vector_field) if exists else None
         replace = exists and not settings.existing_collection and (settings.drop_collection or owned_here)
+        if (settings.bm25 and exists and not replace
+                and not bm25.has_bm25_field(client.describe_collection(settings.collection), settings)):
+            fix = ("name it with --sparse-field, or leave --bm25 out" if settings.existing_collection else
+                   "pass --drop-collection to recreate it with one, or use another --collection")
+            raise UsageError(f"--bm25: collection {settings.collection!r} has no BM25 field "
+                             f"{settings.sparse_field!r}: {fix}")
         if exists and existing != dim and not replace:
             what = (f"--dim is {dim}" if settings.embedding == "fake"
                     else f"the {settings.openai_model} vectors have {dim}")
@@ -290,7 +312,7 @@ def prepare_collection(settings: Settings, ledger: IdLedger, owned_here: bool = 
         client.close()
 
     setup_timeout = max(settings.timeout, SETUP_TIMEOUT_S)
-    store = _milvus(settings, setup_timeout)
+    store = _milvus(settings, setup_timeout, "hybrid")  # with --bm25 it creates both fields; else the dense store
     create_schema(store, setup_timeout, source.sample_metadata, probe)
     _check_expressions(store.client, settings)
     rng = random.Random(0)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from locust_milvus.config.settings import ConfigError
+from locust_milvus.config.settings import ConfigError, UsageError
+from locust_milvus.milvus.bm25 import NO_RECALL as _WHY
+from locust_milvus.workload.operations import TABLE
 
 # Locust exits 1 when requests failed (--exit-code-on-error), 2 for an unhandled error in a greenlet or event
 # handler, and -1 (255) for some set-up errors; a failed gate is told apart from all of them.
@@ -24,6 +26,7 @@ GATE_EXIT_CODE = 3
 LATENCY_METRICS = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 METRICS = (*LATENCY_METRICS, "fail_ratio", "rps", "recall")
 MODES = ("sync", "async")
+NO_RECALL = {name: _WHY for name, op in TABLE.items() if op.needs_bm25}  # operations --recall does not judge
 _ITEM = re.compile(r"^(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*|\*)?(?:@(?P<mode>[A-Za-z]+))?=)?(?P<value>[^=]+)$")
 _DURATION = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|µs|ms|s)?$")
 _UNIT_MS = {None: 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
@@ -81,6 +84,8 @@ def parse(metric: str, spec: str, known_names: set[str] | None = None) -> list[G
         if name is not None and known_names is not None and name not in known_names:
             raise ConfigError(f"{flag} {spec!r}: no operation is named {name!r}; use one of "
                               f"{', '.join(sorted(known_names))}, or no name for every operation")
+        if metric == "recall" and name in NO_RECALL:
+            raise UsageError(f"{flag} {spec!r}: {name} is {NO_RECALL[name]}; gate its latency or rate instead")
         value = match["value"].strip()
         threshold = _threshold(metric, value, flag, spec, example)
         if (name, mode) in gates:

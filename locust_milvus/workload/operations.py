@@ -48,6 +48,8 @@ class RunState:
     source: DocSource = field(default_factory=DocSource)
     total_users: int = 1  # the run's user count over all workers (--target-rps gives each user rate / this)
     truth: GroundTruth | None = None  # --recall: the vectors of the documents this process wrote
+    # --bm25: the hybrid and full-text stores (milvus/bm25.py), by (kind, sync); open_stores makes them
+    stores: dict = field(default_factory=dict)
     _retrievers: dict = field(default_factory=dict, init=False, repr=False)  # sync (True/False) -> its retriever
 
     def __post_init__(self) -> None:
@@ -76,10 +78,12 @@ class RunState:
                                                             search_kwargs=retriever_kwargs(s))
 
     def target(self, op: Operation, sync: bool):
-        """What ``op.method`` (sync) or ``op.async_method`` is called on: the store, or its retriever."""
-        if op.via_retriever:
+        """What ``op.method`` (sync) or ``op.async_method`` is called on: the store, its retriever, or a BM25 store."""
+        if op.via == "dense":
+            return self.store if sync else self.astore
+        if op.via == "retriever":
             return self._retrievers[sync]
-        return self.store if sync else self.astore
+        return self.stores[(op.via, sync)]
 
     def pick(self) -> Operation:
         """An operation chosen by its --<name>-weight."""
@@ -101,6 +105,12 @@ class RunState:
             return call.kwargs["embeddings"]
         texts = call.kwargs["texts"] if "texts" in call.kwargs else [d.page_content for d in call.kwargs[docs_key]]
         return self.store.embeddings.embed_documents(texts)
+
+
+def bm25_kinds(settings: Settings) -> set[str]:
+    """The --bm25 stores (bm25.KINDS) the run's weighted or paced operations are called on: RunState.stores."""
+    named = {name for name, w in settings.weights.items() if w} | set(settings.target_rps)
+    return {TABLE[name].via for name in named if TABLE[name].needs_bm25}
 
 
 @dataclass
@@ -141,8 +151,13 @@ class Operation:
     # or None when it makes several (MMR: a search and a query) or writes elsewhere (from_texts' scratch collection).
     # LangChain's adds also ask has_collection, which is not of note.
     milvus_call: str | None = None
-    # Called on ``store.as_retriever(...)`` (a LangChain VectorStoreRetriever) instead of the store itself.
-    via_retriever: bool = False
+    # What it is called on (RunState.target): "dense", the run's store (the dense field); "retriever", its
+    # ``as_retriever(...)`` (a LangChain VectorStoreRetriever); "hybrid" or "full_text", a --bm25 store (bm25.py).
+    via: str = "dense"
+
+    @property
+    def needs_bm25(self) -> bool:
+        return self.via in ("hybrid", "full_text")
 
     @property
     def async_method(self) -> str:
@@ -291,6 +306,32 @@ def _retrieved(state: RunState, call: Call, result: list) -> int:
                         may_be_empty=s.retriever_search_type == "similarity_score_threshold")
 
 
+# --- --bm25: hybrid (dense + BM25, fused by --ranker) and full-text (BM25 alone) searches ----------------------
+
+def _hybrid(state: RunState) -> Call:
+    # Each route fetches --fetch-k candidates (LangChain's default is 4, fewer than a --top-k above 4 needs).
+    s = state.settings
+    kwargs = {"query": state.query_text(), "k": s.top_k, "fetch_k": max(s.fetch_k, s.top_k),
+              "ranker_type": s.ranker, "ranker_params": s.ranker_params}
+    if s.filter:
+        kwargs["expr"] = s.filter
+    return Call(kwargs, mark=state.ledger.added_total)  # no recall: bm25.NO_RECALL says why
+
+
+def _full_text(state: RunState) -> Call:
+    s = state.settings
+    kwargs = {"query": state.query_text(), "k": s.top_k}
+    if s.filter:
+        kwargs["expr"] = s.filter
+    return Call(kwargs, mark=state.ledger.added_total)
+
+
+def _full_text_found(state: RunState, call: Call, result: list) -> int:
+    # A query none of whose terms is in any document rightly finds nothing: an empty result is not judged.
+    return _judge_found(state, call, result, call.kwargs["k"], filtered=bool(call.kwargs.get("expr")),
+                        may_be_empty=True)
+
+
 def _by_metadata(state: RunState) -> Call:
     return Call({"expr": state.settings.metadata_filter, "limit": state.settings.top_k})
 
@@ -411,8 +452,12 @@ TABLE: dict[str, Operation] = {
                   help="mmr: max_marginal_relevance_search(query, k=--top-k, fetch_k=--fetch-k)"),
         Operation("mmr_by_vector", "max_marginal_relevance_search_by_vector", _search(by_vector=True, mmr=True),
                   _found, pool="query", help="mmr_by_vector: MMR search with a pre-embedded query"),
-        Operation("retriever", "invoke", _retrieve, _retrieved, via_retriever=True,
+        Operation("retriever", "invoke", _retrieve, _retrieved, via="retriever",
                   help="retriever: as_retriever(search_type=--retriever-search-type).invoke(query)"),
+        Operation("hybrid_search", "similarity_search", _hybrid, _found, via="hybrid",
+                  help="hybrid_search: dense and BM25 searches fused by --ranker (with --bm25)"),
+        Operation("full_text_search", "similarity_search", _full_text, _full_text_found, via="full_text",
+                  milvus_call="search", help="full_text_search: a BM25 search of the query's text (with --bm25)"),
         Operation("delete", "delete", _delete, _deleted, _give_back, default_weight=1, writes=True,
                   milvus_call="delete",
                   help="delete: delete(ids) of up to --batch-size of this process's oldest documents"),
