@@ -90,6 +90,47 @@ def secure_milvus(tmp_path_factory) -> SecureMilvus:
     server.stop()
 
 
+@dataclass
+class LiteMilvus:
+    """A Milvus Lite 3.x server (``milvus-lite server``, installed with langchain-milvus): the Milvus Lite engine
+    behind the real gRPC API, with BM25 full-text search, which the embedded 2.3.5 lacks."""
+
+    uri: str
+    process: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def lite_milvus(tmp_path_factory) -> LiteMilvus:
+    """A second real server for the tests that need Milvus >= 2.5 features: on a free loopback port, its data in a
+    temporary folder; started only by the tests that ask for it, stopped at the session's end."""
+    import socket
+    import time
+
+    folder = tmp_path_factory.mktemp("milvus_lite")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = folder / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(folder / "data"),
+                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env=child_env(), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while "listening" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"milvus-lite server did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    yield LiteMilvus(f"http://127.0.0.1:{port}", proc, log)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def collection() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"

@@ -81,6 +81,21 @@ CASES = [
      "--run-time 5s is too short for two steps of --step-time 30s: give at least --run-time 60s"),
     ("capacity gate without a sweep", ["--check-capacity", "search=100"], {},
      "--check-capacity judges the capacity a sweep finds: add --find-capacity"),
+    # --bm25 and its searches (exit code 2; those only a BM25-capable server shows: tests/test_milvus_lite.py)
+    ("full-text search without --bm25", ["--full-text-search-weight", "1"], {},
+     "--full-text-search-weight without --bm25: hybrid_search and full_text_search search the collection's BM25"),
+    ("paced hybrid search without --bm25", ["--target-rps", "hybrid_search=5"], {},
+     "--target-rps hybrid_search=... without --bm25"),
+    ("weighted ranker without weights", ["--bm25", "--hybrid-search-weight", "1", "--ranker", "weighted"], {},
+     "--ranker weighted needs its weights: --ranker-params"),
+    ("weighted ranker with three weights", ["--bm25", "--ranker", "weighted", "--ranker-params",
+                                            '{"weights": [0.5, 0.3, 0.2]}'], {},
+     "--ranker-params weights [0.5, 0.3, 0.2]: give two numbers from 0 to 1"),
+    ("unknown ranker", ["--bm25", "--ranker", "max"], {}, "argument --ranker: invalid choice: 'max'"),
+    ("recall gate on hybrid search", ["--bm25", "--check-recall", "hybrid_search=0.9"], {},
+     "hybrid_search is not judged by --recall: BM25 scores come from the server's analyzer"),
+    ("--bm25 on Milvus 2.3.5", ["--host", "{milvus}", "--bm25", "--drop-collection"], {},
+     "--bm25 needs Milvus >= 2.5 (full-text search), but the server reports v2.3.5"),
     # against the collection with known rows: refused, and its row count unchanged
     ("existing collection without --drop-collection", ["--host", "{milvus}", "--collection", "{existing}", "--dim",
                                                         str(EXISTING_DIM)], {},
@@ -158,7 +173,8 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(request, tmp_path, args
                         "--reports-dir", str(tmp_path / "reports"), *args, env=env, timeout=120)
 
     assert result.returncode != 0, result.output[-3000:]
-    if "--find-capacity" in args or "--check-capacity" in args:
+    if {"--find-capacity", "--check-capacity", "--bm25", "--full-text-search-weight"} & set(args) or "hybrid_search=5" \
+            in args:
         assert result.returncode == 2, result.output[-3000:]  # a usage error, as the parser's own
     assert "Traceback" not in result.output, result.output[-3000:]
     lines = [line for line in result.output.splitlines() if phrase in line]

@@ -54,8 +54,8 @@ def _bm25_options(o, weights: dict[str, int], target_rps: dict, own_kwargs: dict
         asked = [f"--{TABLE[n].option}-weight" for n, w in weights.items() if w and TABLE[n].needs_bm25]
         asked += [f"--target-rps {n}=..." for n in target_rps if TABLE[n].needs_bm25]
         if asked:
-            raise UsageError(f"{', '.join(asked)} without --bm25: these tasks search the collection's BM25 field; "
-                             "add --bm25 (Milvus >= 2.5 or Milvus Lite 3.x)")
+            raise UsageError(f"{', '.join(asked)} without --bm25: hybrid_search and full_text_search search the "
+                             "collection's BM25 field; add --bm25 (Milvus >= 2.5 or Milvus Lite 3.x)")
     elif own_kwargs:
         raise UsageError("--bm25 with a user class's milvus_kwargs: the run would have two schemas; give the BM25 "
                          "function in milvus_kwargs yourself (builtin_function=...), or leave --bm25 out")

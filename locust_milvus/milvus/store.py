@@ -387,4 +387,6 @@ def load_truth(settings: Settings, prefix: str) -> GroundTruth:
         truth = GroundTruth(len(embedding_for(settings).embed_query("dimension")), settings.index_metric)
     logger.info("locust-milvus: --recall: ground truth of %d documents (%s), %g of the searches judged",
                 truth.n, settings.index_metric, settings.recall)
+    if settings.bm25:
+        logger.info("locust-milvus: --recall: hybrid_search and full_text_search are %s", bm25.NO_RECALL)
     return truth

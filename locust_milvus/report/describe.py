@@ -47,6 +47,13 @@ def _retriever(get) -> str:
     return search_type
 
 
+def _bm25(get) -> str:
+    ranker = str(get("ranker", "rrf") or "rrf")
+    params = str(get("ranker_params", "") or "").strip()
+    return (f"field {get('sparse_field', 'sparse')}, analyzer {get('bm25_analyzer', 'standard')}; hybrid_search "
+            f"ranker {ranker}{' ' + params if params else ''}, {get('fetch_k')} candidates per route")
+
+
 def workload(options, rows_at_start: int | None, rows_at_end: int | None) -> dict:
     """The test's workload as its options set it. ``options``: a RunOptions (config/load.py)."""
     from locust_milvus.workload.operations import TABLE
@@ -76,6 +83,7 @@ def workload(options, rows_at_start: int | None, rows_at_end: int | None) -> dic
         "batch_size": get("batch_size"),
         "filter": get("filter") or None,
         "retriever": (_retriever(get) if weights.get("retriever") or "retriever" in rates else None),
+        "bm25": _bm25(get) if get("bm25", False) else None,
         "embedding": embedding if embedding == "fake" else f"openai ({get('openai_model')})",
         "dataset": get("dataset") or None,
         "collection": get("collection"),
