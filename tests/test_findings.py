@@ -71,6 +71,15 @@ def test_client_server_gap_saturation_and_asymmetry():
     assert "hub, which runs every sync user, was up to 90 ms late" in found[1]["text"]
 
 
+def test_hybrid_search_slower_than_search_is_explained():
+    rows = [row("search", "async", [4.0] * 200), row("hybrid_search", "async", [10.0] * 200),
+            row("full_text_search", "async", [5.0] * 200), row("hybrid_search", "sync", [4.2] * 200),
+            row("search", "sync", [4.0] * 200)]
+    [f] = findings.find(summary(rows, level="Bounded"))  # sync: 1.05x, not worth a word
+    assert f["kind"] == "hybrid_cost" and f["evidence"]["mode"] == "async"
+    assert "2.5x search's (4 ms, full_text_search's 5 ms)" in f["text"] and "dense and a BM25 search" in f["text"]
+
+
 def _run(milvus, tmp_path, *args) -> dict:
     reports = tmp_path / "reports"
     result = run_locust("--headless", "-u", "8", "-r", "8", "-t", "10s", "--host", milvus.uri, "--collection",

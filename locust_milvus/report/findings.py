@@ -45,7 +45,7 @@ def find(summary: dict) -> list[dict]:
     """Every finding of a summary, most important first."""
     out: list[dict] = []
     for rule in (_lost_workers, _saturation, _consistency_waits, _known_failures, _client_server_gap,
-                 _sync_async_asymmetry):
+                 _sync_async_asymmetry, _hybrid_cost):
         out += rule(summary)
     return sorted(out, key=lambda f: SEVERITY_ORDER.get(f["severity"], 2))
 
@@ -213,4 +213,24 @@ def _sync_async_asymmetry(summary: dict) -> list[dict]:
             f"({modes[fast]['p99_ms']:.3g} ms) against the same Milvus, so the difference is on the client: likely "
             f"{cause}.", operation=name, sync_p99_ms=s, async_p99_ms=a, ratio=round(ratio, 2),
             hub_lag_ms_max=hub, loop_lag_ms_max=loop))
+    return out
+
+
+def _hybrid_cost(summary: dict) -> list[dict]:
+    """--bm25: why hybrid_search is slower than search (by the same mode's medians, when both ran enough)."""
+    rows = {(r["name"], r["mode"]): r for r in summary["rows"] if r["count"] >= 100 and r.get("p50_ms")}
+    out = []
+    for mode in ("sync", "async"):
+        hybrid, dense = rows.get(("hybrid_search", mode)), rows.get(("search", mode))
+        if hybrid is None or dense is None or hybrid["p50_ms"] < 1.3 * dense["p50_ms"]:
+            continue
+        text = rows.get(("full_text_search", mode))
+        alone = f", full_text_search's {text['p50_ms']:.3g} ms" if text else ""
+        out.append(_finding(
+            "hybrid_cost", "info",
+            f"hybrid_search ({mode}): its median ({hybrid['p50_ms']:.3g} ms) is "
+            f"{hybrid['p50_ms'] / dense['p50_ms']:.1f}x search's ({dense['p50_ms']:.3g} ms{alone}): one hybrid search "
+            "runs a dense and a BM25 search of --fetch-k candidates each, fuses them by the ranker and fetches the "
+            "winners' fields, all on the server.", operation="hybrid_search", mode=mode,
+            hybrid_p50_ms=hybrid["p50_ms"], search_p50_ms=dense["p50_ms"]))
     return out
