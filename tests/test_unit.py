@@ -321,3 +321,44 @@ def test_the_master_waits_for_the_workers_that_took_part_and_fails_on_a_missing_
         assert env.process_exit_code == 4
     finally:
         runner.quit()
+
+
+def test_bm25_server_versions():
+    from locust_milvus.milvus.bm25 import server_problem
+
+    s = make_settings("http://x:1", "c", bm25=True)
+    assert server_problem(s, "v2.3.5").startswith("--bm25 needs Milvus >= 2.5 (full-text search), but the server "
+                                                  "reports v2.3.5")
+    assert server_problem(s, "v2.4.17") is not None
+    for fine in ("v2.5.0", "v2.6.3", "2.5.10", "milvus_lite-3.2.2", None, "", "some-proxy"):
+        assert server_problem(s, fine) is None, fine
+    assert "Milvus Lite >= 3.0" in server_problem(s, "milvus_lite-2.4.1")
+    english = make_settings("http://x:1", "c", bm25=True, bm25_analyzer={"type": "english"})
+    assert "whose analyzers are standard and jieba" in server_problem(english, "milvus_lite-3.2.2")
+    assert server_problem(english, "v2.5.4") is None
+    jieba = make_settings("http://x:1", "c", bm25=True, bm25_analyzer={"tokenizer": {"type": "jieba"}})
+    assert server_problem(jieba, "milvus_lite-3.2.2") is None
+
+
+def test_bm25_options_are_checked():
+    env = fake_environment(bm25=True, ranker="weighted", ranker_params='{"weights": [0.7, 0.3]}',
+                           bm25_analyzer='{"tokenizer": "standard", "filter": ["lowercase"]}',
+                           hybrid_search_weight=2)
+    s = settings_from(env)
+    assert (s.bm25, s.ranker, s.ranker_params, s.sparse_field) == (True, "weighted", {"weights": [0.7, 0.3]}, "sparse")
+    assert s.bm25_analyzer == {"tokenizer": "standard", "filter": ["lowercase"]}
+    assert settings_from(fake_environment(bm25=True, bm25_analyzer="english")).bm25_analyzer == {"type": "english"}
+    refused = {
+        "--ranker-params weights [1.5, 0.3]": dict(bm25=True, ranker="weighted", ranker_params='{"weights": [1.5, 0.3]}'),
+        "--ranker-params is not valid JSON": dict(bm25=True, ranker_params="{k: 60}"),
+        "RRF's k is a whole number": dict(bm25=True, ranker_params='{"k": -1}'),
+        "--bm25-analyzer is not valid JSON": dict(bm25=True, bm25_analyzer="{type: english}"),
+        "is neither an analyzer name": dict(bm25=True, bm25_analyzer="english stemmer"),
+        "--hybrid-search-weight without --bm25": dict(hybrid_search_weight=1),
+        "--sparse-field 'a b' is not a valid field name": dict(bm25=True, sparse_field="a b"),
+    }
+    for phrase, overrides in refused.items():
+        with pytest.raises(ConfigError, match=phrase.replace("[", r"\[").replace("]", r"\]")):
+            settings_from(fake_environment(**overrides))
+    # a weighted ranker named without --bm25 is no error: nothing would use it
+    assert settings_from(fake_environment(ranker="weighted")).ranker == "weighted"
