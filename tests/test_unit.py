@@ -349,7 +349,8 @@ def test_bm25_options_are_checked():
     assert s.bm25_analyzer == {"tokenizer": "standard", "filter": ["lowercase"]}
     assert settings_from(fake_environment(bm25=True, bm25_analyzer="english")).bm25_analyzer == {"type": "english"}
     refused = {
-        "--ranker-params weights [1.5, 0.3]": dict(bm25=True, ranker="weighted", ranker_params='{"weights": [1.5, 0.3]}'),
+        "--ranker-params weights [1.5, 0.3]": dict(bm25=True, ranker="weighted",
+                                                   ranker_params='{"weights": [1.5, 0.3]}'),
         "--ranker-params is not valid JSON": dict(bm25=True, ranker_params="{k: 60}"),
         "RRF's k is a whole number": dict(bm25=True, ranker_params='{"k": -1}'),
         "--bm25-analyzer is not valid JSON": dict(bm25=True, bm25_analyzer="{type: english}"),
