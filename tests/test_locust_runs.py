@@ -198,7 +198,8 @@ def test_server_command_prints_its_uri_and_stops_on_ctrl_c():
         assert proc.returncode == 0, err[-3000:]
 
 
-SCENARIOS = sorted(p.name for p in (ROOT / "scenarios").glob("*.conf"))
+# hybrid-rag.conf needs BM25, which Milvus 2.3.5 lacks: tests/test_milvus_lite.py runs it against Milvus Lite.
+SCENARIOS = sorted(p.name for p in (ROOT / "scenarios").glob("*.conf") if p.name != "hybrid-rag.conf")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
