@@ -83,7 +83,7 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
             time.sleep(0.5)
 
         form = {"user_count": 4, "spawn_rate": 4, "host": milvus.uri, "add_weight": 0, "delete_weight": 0,
-                "search_weight": 1}
+                "search_weight": 1, "verify": "true"}
         for number, attempt in enumerate(("first", "restart"), start=1):
             assert post(f"{base}/swarm", form)["success"], attempt
             # Set-up (the collection, pre-population) runs after /swarm has answered; then let the load run. The
@@ -101,7 +101,12 @@ def test_web_ui_form_start_stop_and_restart(milvus, collection, tmp_path, distri
             assert set(counts) == {"search"}, (attempt, counts)  # the weights typed in the form took effect
             assert counts["search"][0] > 0 and counts["search"][1] == 0, (attempt, counts)
             post(f"{base}/stop", {})
-            time.sleep(1)
+            # --verify's verdict of the test just stopped (the master's, merged with the worker's) on the run page
+            stopped = time.monotonic()
+            while (verdict := json.loads(get(base + "/milvus/state"))["verify"]) is None \
+                    and time.monotonic() - stopped < 30:
+                time.sleep(0.5)
+            assert verdict is not None and verdict.startswith("locust-milvus verify: OK"), (attempt, verdict)
             # Clear the statistics, so that the restart's wait above sees its own requests, not these.
             urllib.request.urlopen(urllib.request.Request(f"{base}/stats/reset", data=b""), timeout=10).read()
     finally:

@@ -33,6 +33,7 @@ from locust_milvus.config.load import run_options
 from locust_milvus.config.secrets import REDACTED, redact_uri
 from locust_milvus.report.histograms import percentiles_ms
 from locust_milvus.report.listeners import recorder
+from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import health as health_module
 from locust_milvus.runtime.progress import progress
 from locust_milvus.workload.operations import TABLE
@@ -189,6 +190,7 @@ class RunPage:
                          for p in procs if p.get("over_limit")]
         block = health_module.report_block(runner)
         lost = health_module.lost_workers.report() if distributed else []
+        verdict = verdicts.result  # --verify's verdict of the last test that ended (run_verdict.py), else None
         return {
             "time": time.strftime("%H:%M:%S"),
             "state": "setting up" if self.setting_up() else runner.state,
@@ -196,6 +198,7 @@ class RunPage:
                        + (f" ({len(lost)} lost, {sum(w['users'] for w in lost)} users with them)" if lost else "")
                        if distributed else "local runner"),
             "lost_workers": lost,
+            "verify": verdict["line"] if verdict else None,
             "user_count": runner.user_count,
             "configuration": configuration(environment),
             "setup": setup_steps(runner),
@@ -214,7 +217,8 @@ class RunPage:
                        "sustained_s": health_module.SUSTAIN_S},
             "warnings": live_warnings + (block["warnings"] if block else [])
             + [f"LOST: {line} (not replaced without --enable-rebalancing)"
-               for line in (health_module.lost_workers.lines() if distributed else [])],
+               for line in (health_module.lost_workers.lines() if distributed else [])]
+            + ([verdict["line"]] if verdict and not verdict["ok"] else []),
         }
 
     def json_text(self) -> str:
