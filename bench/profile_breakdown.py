@@ -66,7 +66,8 @@ def layer(stack: list[str]) -> str:
     return "other"
 
 
-def profile(label: str, args: list[str], uri: str, seconds: int, users: int, rate: int, env=None) -> dict:
+def profile(label: str, args: list[str], uri: str, seconds: int, users: int, rate: int, env=None,
+            keep: str = "") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "locust", *args, "--headless", "-u", str(users), "-r", str(users),
                "-t", f"{seconds + 20}s", "--host", uri, "--csv", f"{tmp}/run", "--csv-full-history"]
@@ -83,6 +84,9 @@ def profile(label: str, args: list[str], uri: str, seconds: int, users: int, rat
         subprocess.run([PY_SPY, "record", "--pid", str(proc.pid), "--duration", str(seconds), "--rate", str(rate),
                         "--format", "raw", "--nonblocking", "-o", raw], capture_output=True, check=True)
         t1 = time.time()
+        if keep:  # py-spy's raw stacks, for a look by function (flamegraph.pl or a grep)
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(raw, Path(keep) / f"{label.replace(' ', '_')}.txt")
         proc.wait(timeout=120)
         log.close()
         searches = _requests_between(Path(f"{tmp}/run_stats_history.csv"), t0, t1)
@@ -113,6 +117,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--keep", default="", help="a folder to keep py-spy's raw stacks in, one file per client")
+    parser.add_argument("--clients", default="SyncMilvusUser,AsyncMilvusUser,contrib",
+                        help="which clients to profile (default all three)")
     args = parser.parse_args()
     global PY_SPY
     PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -123,11 +130,15 @@ def main() -> None:
             "--search-weight", "1", "--reports-dir", tempfile.gettempdir()]
     results = []
     with EmbeddedMilvus() as server:
+        clients = args.clients.split(",")
         for cls in ("SyncMilvusUser", "AsyncMilvusUser"):
-            results.append(profile(cls, [*ours, cls], server.uri, args.seconds, args.users, args.rate))
-        env = {**os.environ, "LOCUST_BENCH_COLLECTION": "bench", "LOCUST_BENCH_DIM": "128"}
-        results.append(profile("contrib MilvusUser", ["-f", str(ROOT / "bench" / "contrib_milvus_locustfile.py")],
-                               server.uri, args.seconds, args.users, args.rate, env=env))
+            if cls in clients:
+                results.append(profile(cls, [*ours, cls], server.uri, args.seconds, args.users, args.rate,
+                                       keep=args.keep))
+        if "contrib" in clients:
+            env = {**os.environ, "LOCUST_BENCH_COLLECTION": "bench", "LOCUST_BENCH_DIM": "128"}
+            results.append(profile("contrib MilvusUser", ["-f", str(ROOT / "bench" / "contrib_milvus_locustfile.py")],
+                                   server.uri, args.seconds, args.users, args.rate, env=env, keep=args.keep))
     print(f"Client CPU per search by layer, µs ({args.users} users, search only, py-spy {args.rate}/s for "
           f"{args.seconds} s after spawn)\n")
     print("| layer | " + " | ".join(r["label"] for r in results) + " |")
