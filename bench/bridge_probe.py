@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,14 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from locust.event import Events  # noqa: E402
 
 from locust_milvus import SyncMilvusUser  # noqa: E402, F401 - the users first, as a locustfile imports them
-
 from locust_milvus.capacity import steps as capacity_steps  # noqa: E402
 from locust_milvus.report import listeners as report  # noqa: E402
 from locust_milvus.runtime.bridge import close_bridge, get_bridge  # noqa: E402
 from locust_milvus.runtime.monitor import monitor  # noqa: E402
 from locust_milvus.runtime.shield import call_shielded  # noqa: E402
-from locust_milvus.workload.embeddings import embedding_calls  # noqa: E402
 from locust_milvus.workload.request_events import SYNC, fire_operation  # noqa: E402
+
+try:  # what the users call around each call (since issue 18)
+    from locust_milvus.workload.embeddings import collect_embedding_calls, stop_collecting
+except ImportError:  # before it: the context manager (so that this probe measures older trees too)
+    from locust_milvus.workload.embeddings import embedding_calls
+
+    def collect_embedding_calls():
+        manager = embedding_calls()
+        return manager.__enter__(), manager
+
+    def stop_collecting(manager):
+        manager.__exit__(None, None, None)
 
 
 async def _done_at() -> float:
@@ -92,8 +101,8 @@ def instrumentation(requests: int) -> dict:
 
     def around() -> None:  # what a user runs around its call, and the event
         monitor.enter(SYNC, "search")
-        with embedding_calls() as embeds:
-            pass
+        embeds, token = collect_embedding_calls()
+        stop_collecting(token)
         monitor.leave(SYNC)
         fire_operation(environment, SYNC, "search", 0.0123, 3, None, embeds, None, deadline_s=10.0)
 

@@ -48,7 +48,8 @@ class ContribUser(MilvusUser):
         docs = [make_document(next(_numbers), _rng) for _ in range(BATCH)]
         ids = [f"contrib-{os.getpid()}-{d.metadata['id']}" for d in docs]
         vectors = _embedding.embed_documents([d.page_content for d in docs])
-        rows = [{"pk": i, "text": d.page_content, "vector": v, **d.metadata} for i, d, v in zip(ids, docs, vectors)]
+        rows = [{"pk": i, "text": d.page_content, "vector": v, **d.metadata}
+                for i, d, v in zip(ids, docs, vectors, strict=True)]
         result = self.insert(rows)
         if result.get("success"):
             _owned.append(ids)
