@@ -100,8 +100,7 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
             raise
         length, exc = op.complete(state, call, result, exc)
         fire_operation(self.environment, SYNC, op.name, elapsed, length, exc, embeds,
-                       _context(call, planned, start + elapsed) if planned is not None or call.recall is not None
-                       else None, deadline_s=state.settings.timeout)
+                       _context(call, planned, start + elapsed), deadline_s=state.settings.timeout)
 
 
 def _bound(user, op: Operation, sync: bool) -> tuple:
@@ -138,6 +137,8 @@ def _timed_sync(method, kwargs: dict, extra: dict, name: str):
 def _context(call: Call, planned: float | None, ended: float) -> dict | None:
     """What the report records of a request besides its time: its latency from the planned start under
     --target-rps (float ms), and its recall@k when --recall sampled it (not a request of its own)."""
+    if planned is None and call.recall is None:  # most requests: no dict made for nothing
+        return None
     context = {}
     if planned is not None:
         context["corrected_ms"] = (ended - planned) * 1000.0
@@ -211,5 +212,4 @@ class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
         for call, (result, start, elapsed, exc, embeds) in zip(batch, outcomes, strict=True):
             length, exc = op.complete(state, call, result, exc)
             fire_operation(self.environment, ASYNC, op.name, elapsed, length, exc, embeds,
-                           _context(call, planned, start + elapsed) if planned is not None or call.recall is not None
-                           else None, deadline_s=state.settings.timeout)
+                           _context(call, planned, start + elapsed), deadline_s=state.settings.timeout)
