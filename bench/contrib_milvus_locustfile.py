@@ -7,7 +7,7 @@
   the offline embedding keeps once per query text;
 - add: an insert of a batch of tutorial-shaped documents, embedded in the task with the same offline embedding
   as ours (LangChain's add_documents embeds them inside the call);
-- delete: inserts and deletes 1:1, each delete of the oldest batch this process inserted (``pk in [...]``, the
+- delete: inserts and deletes 1:1, each delete of the oldest batch this process inserted (``pk in [...]``, the kind of
   expression LangChain's ``delete(ids)`` sends); with nothing to delete the task pauses 5 ms, as ours does.
 """
 
