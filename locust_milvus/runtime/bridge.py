@@ -260,7 +260,8 @@ class AsyncBridge:
         # meanwhile (one self-pipe write); each finished task queues its job back and the hub is woken once for
         # every job finished meanwhile (one libev async send). With 20 users in flight most hops share a wake-up.
         # A hop through run_coroutine_threadsafe, a concurrent Future (gevent-patched locks) and an async watcher
-        # made, started and closed per call cost 36 to 86 us of CPU (bench/bridge_probe.py).
+        # made, started and closed per call cost 19 to 42 us of process CPU at 20 in flight, this 6 to 10 us
+        # (bench/bridge_probe.py, docs/benchmarks.md).
         hub = gevent.get_hub()
         if hub is not self._hub:
             self._bind(hub)
@@ -286,7 +287,10 @@ class AsyncBridge:
                 if asyncio.iscoroutine(coro):
                     coro.close()
             else:
-                self.loop.call_soon_threadsafe(self._cancel, job)
+                try:
+                    self.loop.call_soon_threadsafe(self._cancel, job)
+                except RuntimeError:  # the loop closed meanwhile: the kill, not this, is what goes on up
+                    pass
             raise
         finally:
             self._waiting -= 1
