@@ -1,13 +1,21 @@
-"""Benchmark: searches/s and client CPU per search, four clients, one embedded Milvus, 20 in flight each.
+"""Benchmark: operations/s and client CPU per operation, our users against Locust's contrib MilvusUser, in one run.
 
-    python bench/search_throughput.py [--seconds 20] [--users 20]
+    python bench/search_throughput.py [--seconds 20] [--users 20] [--mix search,add,delete] [--processes 1]
 
-Clients, one after the other against the same server and the same 1,000 tutorial-shaped documents (128-dim, k=3):
-SyncMilvusUser and AsyncMilvusUser (this project, search only), Locust's own locust.contrib.milvus.MilvusUser
-searching by a pre-computed vector, and a plain asyncio.gather script of LangChain's asimilarity_search (the
-tutorials' method). Client CPU is the load generator's process CPU time (all threads) over the measured window,
-divided by the searches it made. Prints a Markdown table and writes it to reports/bench-<timestamp>.md.
-This is a benchmark, not a test: it asserts nothing and its figures vary with the machine.
+One embedded Milvus, 1,000 tutorial-shaped documents (128-dim, k=3), the clients one after the other against it,
+20 users each. Per mix:
+
+- search: SyncMilvusUser and AsyncMilvusUser (search only), Locust's own locust.contrib.milvus.MilvusUser searching
+  by a pre-computed vector, and a plain asyncio.gather script of LangChain's asimilarity_search (the tutorials');
+- add: our add (add_documents of 10 documents) against contrib's insert of 10 documents embedded in its task;
+- delete: adds and deletes 1:1 (a delete of 10 ids this process wrote), against contrib's insert and delete.
+
+``--processes 1,2`` also runs our users with Locust's ``--processes 2`` (the scale-out rows). Client CPU is the
+load generator's process CPU (all threads) over the test, from each user process's monitor line (the master of a
+``--processes`` run is not counted: it runs no user), divided by the operations made. Then bench/bridge_probe.py
+measures, in process: the async bridge's wake-up latency, the sync path's greenlet hop, and our instrumentation's
+cost per request. Every ratio line says whether its target is met. Prints Markdown and writes it to
+reports/bench-<timestamp>.md. A benchmark, not a test: it asserts nothing and its figures vary with the machine.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +38,17 @@ from locust_milvus.embedded.server import EmbeddedMilvus  # noqa: E402
 
 MONITOR = re.compile(r"locust-milvus monitor: .* cpu_s=([\d.]+)")
 COLLECTION = "bench"
+CONTRIB = "contrib MilvusUser (raw pymilvus)"
+GATHER = "asyncio.gather script (tutorials)"
+# --add-weight, --delete-weight, --search-weight of our users per mix
+WEIGHTS = {"search": ("0", "0", "1"), "add": ("1", "0", "0"), "delete": ("1", "1", "0")}
+# The issue's targets (issue 18): ours against contrib, and the async user against the plain asyncio script.
+THROUGHPUT_VS_CONTRIB = 0.95
+CPU_VS_CONTRIB = 1.1
+CPU_VS_GATHER = 1.0
+WAKE_P50_US = 50.0
+WAKE_P99_US = 1000.0
+REPORTS = tempfile.gettempdir()  # our users' report folders (this script's own table goes to reports/)
 
 
 def locust(locustfile: Path, uri: str, users: int, seconds: int, *extra: str, env: dict | None = None) -> dict:
@@ -37,26 +57,30 @@ def locust(locustfile: Path, uri: str, users: int, seconds: int, *extra: str, en
                str(users), "-t", f"{seconds}s", "--host", uri, "--csv", f"{tmp}/run", *extra]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=seconds + 300)
         output = proc.stdout + proc.stderr
-        with open(f"{tmp}/run_stats.csv", newline="") as f:
-            total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
-    cpu = MONITOR.search(output)
-    if proc.returncode != 0 or cpu is None or int(total["Failure Count"]):
+        try:
+            with open(f"{tmp}/run_stats.csv", newline="") as f:
+                total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+        except (OSError, StopIteration):
+            total = None
+    cpu = [float(m) for m in MONITOR.findall(output)]
+    if total is None or not cpu or int(total["Request Count"]) == 0:
         raise SystemExit(f"benchmark run failed ({' '.join(cmd)}):\n{output[-3000:]}")
     requests = int(total["Request Count"])
-    return {"rps": float(total["Requests/s"]), "requests": requests, "cpu_us": float(cpu.group(1)) / requests * 1e6,
-            "p50_ms": float(total["50%"])}
+    return {"rps": float(total["Requests/s"]), "requests": requests, "cpu_us": sum(cpu) / requests * 1e6,
+            "p50_ms": float(total["50%"]), "failures": int(total["Failure Count"])}
 
 
-def ours(user_class: str, uri: str, users: int, seconds: int) -> dict:
+def ours(user_class: str, mix: str, uri: str, users: int, seconds: int, processes: int) -> dict:
+    add, delete, search = WEIGHTS[mix]
+    extra = ["--processes", str(processes)] if processes > 1 else []
     return locust(ROOT / "locustfiles" / "locustfile.py", uri, users, seconds, user_class, "--collection",
                   COLLECTION, "--drop-collection", "--prepopulate", "1000", "--dim", "128", "--top-k", "3",
-                  "--add-weight", "0", "--delete-weight", "0", "--search-weight", "1")
+                  "--add-weight", add, "--delete-weight", delete, "--search-weight", search,
+                  "--reports-dir", REPORTS, *extra)
 
 
-def contrib(uri: str, users: int, seconds: int) -> dict:
-    import os
-
-    env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128"}
+def contrib(mix: str, uri: str, users: int, seconds: int) -> dict:
+    env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128", "LOCUST_BENCH_MIX": mix}
     return locust(ROOT / "bench" / "contrib_milvus_locustfile.py", uri, users, seconds, env=env)
 
 
@@ -67,36 +91,86 @@ def gather(uri: str, users: int, seconds: int) -> dict:
         raise SystemExit(f"asyncio.gather script failed:\n{proc.stderr[-3000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"rps": r["requests"] / r["seconds"], "requests": r["requests"], "cpu_us": r["cpu_s"] / r["requests"] * 1e6,
-            "p50_ms": float("nan")}
+            "p50_ms": float("nan"), "failures": 0}
+
+
+def probe() -> dict:
+    proc = subprocess.run([sys.executable, "-m", "gevent.monkey", str(ROOT / "bench" / "bridge_probe.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench/bridge_probe.py failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def verdict(met: bool) -> str:
+    return "target met" if met else "target NOT met"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20, help="measured seconds per client (default 20)")
     parser.add_argument("--users", type=int, default=20, help="users (or gathered searches) per client (default 20)")
+    parser.add_argument("--mix", default="search,add,delete", help="mixes to run, of search, add, delete (default all)")
+    parser.add_argument("--processes", default="1",
+                        help="Locust --processes values for our users, e.g. 1,2 (default 1; contrib runs with 1)")
     args = parser.parse_args()
+    mixes = [m for m in args.mix.split(",") if m]
+    counts = [int(p) for p in args.processes.split(",")]
+    rows: list[tuple[str, str, dict]] = []  # (mix, client, result)
     with EmbeddedMilvus() as server:
-        results = {
-            "SyncMilvusUser": ours("SyncMilvusUser", server.uri, args.users, args.seconds),
-            "AsyncMilvusUser": ours("AsyncMilvusUser", server.uri, args.users, args.seconds),
-            "contrib MilvusUser (raw pymilvus)": contrib(server.uri, args.users, args.seconds),
-            "asyncio.gather script (tutorials)": gather(server.uri, args.users, args.seconds),
-        }
-    base_gather = results["asyncio.gather script (tutorials)"]["rps"]
-    base_contrib = results["contrib MilvusUser (raw pymilvus)"]["rps"]
+        for mix in mixes:
+            for processes in counts:
+                for cls in ("SyncMilvusUser", "AsyncMilvusUser"):
+                    name = cls if processes == 1 else f"{cls}, --processes {processes}"
+                    rows.append((mix, name, ours(cls, mix, server.uri, args.users, args.seconds, processes)))
+            rows.append((mix, CONTRIB, contrib(mix, server.uri, args.users, args.seconds)))
+            if mix == "search":
+                rows.append((mix, GATHER, gather(server.uri, args.users, args.seconds)))
+    probed = probe()
+    command = (f"python bench/search_throughput.py --seconds {args.seconds} --users {args.users} --mix {args.mix} "
+               f"--processes {args.processes}")
     lines = [
-        f"Searches against one embedded Milvus 2.3.5, 1,000 documents, 128-dim, k=3, {args.users} in flight, "
-        f"{args.seconds} s each (`python bench/search_throughput.py --seconds {args.seconds} --users {args.users}`).",
+        f"One embedded Milvus 2.3.5, 1,000 documents, 128-dim, k=3, batches of 10, {args.users} users, "
+        f"{args.seconds} s per client, {time.strftime('%Y-%m-%d %H:%M')} (`{command}`).",
         "",
-        "| client | searches/s | median ms | client CPU per search (µs) | vs asyncio.gather | vs contrib |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| mix | client | ops/s | median ms | failures | client CPU per op (µs) | ops/s vs contrib | CPU vs contrib |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in results.items():
+    base = {mix: r for mix, name, r in rows if name == CONTRIB}
+    for mix, name, r in rows:
         median = "n/a" if r["p50_ms"] != r["p50_ms"] else f"{r['p50_ms']:.0f}"
-        lines.append(f"| {name} | {r['rps']:.0f} | {median} | {r['cpu_us']:.0f} | {r['rps'] / base_gather:.2f}x | "
-                     f"{r['rps'] / base_contrib:.2f}x |")
-    lines += ["", "Median is Locust's (whole milliseconds below 100 ms); the gather script reports none. "
-              "Server and generator share this machine's cores."]
+        lines.append(f"| {mix} | {name} | {r['rps']:.0f} | {median} | {r['failures']} | {r['cpu_us']:.0f} | "
+                     f"{r['rps'] / base[mix]['rps']:.2f}x | {r['cpu_us'] / base[mix]['cpu_us']:.2f}x |")
+    lines += ["", "Targets (issue 18):", ""]
+    for mix, name, r in rows:
+        if name in (CONTRIB, GATHER) or "--processes" in name:
+            continue
+        tp, cpu = r["rps"] / base[mix]["rps"], r["cpu_us"] / base[mix]["cpu_us"]
+        lines.append(f"- {mix}, {name}: throughput {tp:.2f}x contrib ({verdict(tp >= THROUGHPUT_VS_CONTRIB)}: "
+                     f">= {THROUGHPUT_VS_CONTRIB}x); CPU per op {cpu:.2f}x contrib "
+                     f"({verdict(cpu <= CPU_VS_CONTRIB)}: <= {CPU_VS_CONTRIB}x)")
+    found = {name: r for mix, name, r in rows if mix == "search"}
+    if GATHER in found and "AsyncMilvusUser" in found:
+        ratio = found["AsyncMilvusUser"]["cpu_us"] / found[GATHER]["cpu_us"]
+        lines.append(f"- search, AsyncMilvusUser: CPU per search {ratio:.2f}x the asyncio.gather script's "
+                     f"({verdict(ratio <= CPU_VS_GATHER)}: <= {CPU_VS_GATHER}x)")
+    for n in (1, 20):
+        b = probed[f"bridge_{n}"]
+        lines.append(f"- bridge wake-up, {n} in flight: p50 {b['p50_us']:.0f} µs "
+                     f"({verdict(b['p50_us'] < WAKE_P50_US)}: < {WAKE_P50_US:.0f} µs), p99 {b['p99_us']:.0f} µs "
+                     f"({verdict(b['p99_us'] < WAKE_P99_US)}: < {WAKE_P99_US:.0f} µs); "
+                     f"process CPU per hop {b['cpu_per_hop_us']:.1f} µs")
+    inst = probed["instrumentation"]
+    lines += [
+        f"- sync path's hop (a call in a greenlet of its own, waited for): {probed['shield_cpu_per_call_us']:.1f} µs "
+        "of CPU per call",
+        f"- instrumentation (monitor, HDR recording, capacity windows; recall off): {inst['ours_us']:.1f} µs per "
+        f"request, of which Locust's event dispatch {inst['dispatch_only_us']:.1f} µs",
+        "",
+        "Client CPU is per operation: the process's CPU time over the test (every thread) divided by its requests. "
+        "Wake-up: from a coroutine's last statement on the loop thread to its greenlet running again "
+        "(bench/bridge_probe.py). Figures from a shared 2-core machine: Milvus and the generator share its cores.",
+    ]
     table = "\n".join(lines)
     print(table)
     out = ROOT / "reports" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.md"

@@ -116,3 +116,47 @@ def test_the_loop_uses_the_standard_librarys_sockets_not_geventss():
         assert get_bridge().run(connect()) == {"socket"}
     finally:
         server.close()
+
+
+def test_a_wait_killed_before_the_loop_took_its_coroutine_never_starts_it():
+    # The loop is held busy (a native sleep on its thread), so the second coroutine is still queued when its
+    # greenlet is killed: it must be closed there, never started, and the loop must go on serving others.
+    from gevent.monkey import get_original
+
+    native_sleep = get_original("time", "sleep")
+    started = []
+
+    async def hold_the_loop():
+        native_sleep(0.3)
+
+    async def never():
+        started.append(True)
+
+    bridge = get_bridge()
+    holder = gevent.spawn(bridge.run, hold_the_loop())
+    gevent.sleep(0.05)
+    queued = gevent.spawn(bridge.run, never())
+    gevent.sleep(0.05)
+    queued.kill(block=True, timeout=2)
+    holder.join(timeout=5)
+    assert holder.successful(), holder.exception
+    assert bridge.run(asyncio.sleep(0, result="still serving")) == "still serving"
+    assert started == []
+
+
+def test_one_killed_wait_does_not_lose_the_others_that_finish_with_it():
+    async def at(t):
+        await asyncio.sleep(t)
+        return t
+
+    bridge = get_bridge()
+    waiters = [gevent.spawn(bridge.run, at(0.2)) for _ in range(10)]
+    gevent.sleep(0.05)
+    waiters[3].kill(block=True, timeout=2)
+    gevent.joinall(waiters, timeout=5)
+    assert [w.value for i, w in enumerate(waiters) if i != 3] == [0.2] * 9
+
+
+def test_something_not_a_coroutine_is_refused_and_nothing_hangs():
+    with gevent.Timeout(5), pytest.raises(TypeError):
+        get_bridge().run(object())

@@ -1,8 +1,10 @@
 """The async bridge: one asyncio event loop per Locust process, in a native thread beside the gevent hub.
 
-A greenlet submits a coroutine with :meth:`AsyncBridge.run` and waits on a gevent ``async_`` watcher that the
-loop thread signals when the coroutine is done: the hub keeps running other users meanwhile, and nothing polls.
-If the waiting greenlet is killed (the user stops), the coroutine is cancelled on the loop.
+A greenlet submits a coroutine with :meth:`AsyncBridge.run` and waits; the loop thread signals the bridge's one
+gevent ``async_`` watcher when the coroutine is done: the hub keeps running other users meanwhile, and nothing
+polls. Both directions are batched: coroutines submitted together cost the loop one wake-up, and coroutines that
+finish together cost the hub one. If the waiting greenlet is killed (the user stops), the coroutine is cancelled
+on the loop.
 
 The traps this module handles (each one met and measured on this project's 2-core machines):
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import _queue  # the C SimpleQueue: real locks, untouched by gevent's patching
 import _socket  # the C socket type: gevent patches the 'socket' module, not this one
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -176,6 +179,23 @@ class _NativeResolvingLoop(asyncio.SelectorEventLoop):
         return await self.run_in_executor(None, _native_getnameinfo, sockaddr, flags)
 
 
+class _Job:
+    """One coroutine handed to the loop, and the greenlet's way back."""
+
+    __slots__ = ("coro", "waiter", "task", "abandoned", "on_done", "error")
+
+    def __init__(self, coro, waiter, on_done: Callable[[_Job], None]) -> None:
+        self.coro = coro
+        self.waiter = waiter
+        self.task: asyncio.Task | None = None  # set on the loop thread
+        self.abandoned = False  # set by the greenlet when it was killed while waiting
+        self.on_done = on_done
+        self.error: BaseException | None = None  # what made it impossible to start a task for it
+
+    def finish(self, _task) -> None:
+        self.on_done(self)
+
+
 class AsyncBridge:
     """An asyncio loop in a native thread, and a cooperative way for greenlets to run coroutines on it."""
 
@@ -187,6 +207,15 @@ class AsyncBridge:
         self._closers: list[Callable[[], Awaitable[object]]] = []
         self._stopped = False
         self.closing = False  # close() has begun: no new work (the clients are being closed under it)
+        # The two hand-over queues (deque's append and popleft are atomic: one thread appends, the other takes),
+        # and whether a wake-up of the other side is already on its way.
+        self._submitted: collections.deque[_Job] = collections.deque()
+        self._done: collections.deque[_Job] = collections.deque()
+        self._submit_pending = False
+        self._wake_pending = False
+        self._hub = None
+        self._watcher = None
+        self._waiting = 0  # greenlets waiting in run(): the watcher is referenced while there are any
         _start_native_thread(self._run_loop, ())
         self.run(self._init_grpc_aio())
 
@@ -227,27 +256,98 @@ class AsyncBridge:
         return self._run(coro)
 
     def _run(self, coro: Awaitable[T]) -> T:
+        # One hop, both ways batched: the greenlet queues a job and the loop is woken once for every job queued
+        # meanwhile (one self-pipe write); each finished task queues its job back and the hub is woken once for
+        # every job finished meanwhile (one libev async send). With 20 users in flight most hops share a wake-up.
+        # A hop through run_coroutine_threadsafe, a concurrent Future (gevent-patched locks) and an async watcher
+        # made, started and closed per call cost 19 to 42 us of process CPU at 20 in flight, this 6 to 10 us
+        # (bench/bridge_probe.py, docs/benchmarks.md).
         hub = gevent.get_hub()
-        # The watcher is started *before* the coroutine is submitted: libev drops a send() made to a stopped
-        # async watcher, and a started watcher holds a reference that keeps the hub from exiting (LoopExit).
-        watcher = hub.loop.async_()
-        waiter = gevent.hub.Waiter()
-        watcher.start(waiter.switch, None)
-        future = None
+        if hub is not self._hub:
+            self._bind(hub)
+        job = _Job(coro, gevent.hub.Waiter(), self._finished)
+        if not self._waiting:
+            # A started, referenced watcher keeps the hub from exiting while a greenlet waits (LoopExit when the
+            # waiting greenlet is the only one); unreferenced when nothing waits, so it never holds a hub up.
+            self._watcher.ref = True
+        self._waiting += 1
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-            future.add_done_callback(lambda _f: watcher.send())
-            waiter.get()
+            self._submitted.append(job)
+            if not self._submit_pending:
+                self._submit_pending = True
+                try:
+                    self.loop.call_soon_threadsafe(self._take_submitted)
+                except RuntimeError:  # the loop is closed
+                    self._submit_pending = False
+                    raise
+            job.waiter.get()
         except BaseException:
-            if future is not None:
-                future.cancel()
-            elif asyncio.iscoroutine(coro):
-                coro.close()
+            job.abandoned = True  # read on the loop thread: a job not taken yet is closed there, never started
+            if self.loop.is_closed():  # nothing runs there any more, nor will take the job
+                if asyncio.iscoroutine(coro):
+                    coro.close()
+            else:
+                try:
+                    self.loop.call_soon_threadsafe(self._cancel, job)
+                except RuntimeError:  # the loop closed meanwhile: the kill, not this, is what goes on up
+                    pass
             raise
         finally:
-            watcher.stop()
-            watcher.close()
-        return future.result()
+            self._waiting -= 1
+            if not self._waiting:
+                self._watcher.ref = False
+        task = job.task
+        if task is None:
+            raise job.error
+        if task.cancelled():  # as concurrent.futures reports it (users.py takes it for a process shutting down)
+            raise concurrent.futures.CancelledError()
+        return task.result()
+
+    def _bind(self, hub) -> None:
+        """The hub's wake-up watcher, started once (libev drops a send() made to a stopped async watcher)."""
+        if self._watcher is not None and self._hub is not None and not self._hub.dead:
+            raise RuntimeError("the async bridge is used from the hub of another thread")
+        self._hub = hub
+        self._watcher = hub.loop.async_()
+        self._watcher.start(self._wake)
+        self._watcher.ref = False
+
+    def _take_submitted(self) -> None:
+        """On the loop thread: start a task for every job queued since the last call."""
+        self._submit_pending = False  # before taking: a job queued from here on schedules another call
+        submitted, create_task = self._submitted, self.loop.create_task
+        while submitted:
+            job = submitted.popleft()
+            if job.abandoned:  # its greenlet was killed before the job got here
+                if asyncio.iscoroutine(job.coro):
+                    job.coro.close()
+                continue
+            try:
+                job.task = create_task(job.coro)
+            except BaseException as exc:  # noqa: BLE001 - not a coroutine: raised in the waiting greenlet
+                job.error = exc
+                self._finished(job)
+                continue
+            job.task.add_done_callback(job.finish)
+
+    @staticmethod
+    def _cancel(job: _Job) -> None:
+        if job.task is not None:
+            job.task.cancel()
+
+    def _finished(self, job: _Job) -> None:
+        """On the loop thread, as a task's done callback: hand the job back, waking the hub once per batch."""
+        self._done.append(job)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._watcher.send()
+
+    def _wake(self) -> None:
+        """On the hub, the watcher's callback: resume every greenlet whose job finished."""
+        self._wake_pending = False  # before taking: a job finished from here on sends again
+        done = self._done
+        while done:
+            done.popleft().waiter.switch(None)  # a killed greenlet's waiter just keeps the value
 
     def on_close(self, closer: Callable[[], Awaitable[object]]) -> None:
         """Register an async resource's ``close`` (a client's connections) to await on the loop at close()."""
@@ -292,6 +392,10 @@ class AsyncBridge:
         deadline = time.monotonic() + timeout
         while not self._stopped and time.monotonic() < deadline:
             gevent.sleep(0.01)
+        if self._watcher is not None and self._stopped:  # nothing sends to it any more
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = self._hub = None
 
 
 class BridgeClosed(RuntimeError):

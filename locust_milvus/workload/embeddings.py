@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,17 @@ def embedding_calls():
         yield calls
     finally:
         _collector.reset(token)
+
+
+def collect_embedding_calls() -> tuple[list[EmbedCall], Token]:
+    """:func:`embedding_calls` without the context manager, for the users' hot path (a generator-based ``with``
+    costs more than the two context-variable calls it wraps): ``calls, token = collect_embedding_calls()``, then
+    ``stop_collecting(token)`` in a ``finally``."""
+    calls: list[EmbedCall] = []
+    return calls, _collector.set(calls)
+
+
+stop_collecting = _collector.reset
 
 
 def _record(name: str, start: float, exc: BaseException | None = None) -> None:

@@ -15,6 +15,7 @@ from locust.exception import StopUser
 import asyncio
 import concurrent.futures
 import time
+from time import perf_counter
 
 import gevent
 
@@ -22,7 +23,7 @@ from locust_milvus.runtime.bridge import BridgeClosed, get_bridge
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
 from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser, RunUser
-from locust_milvus.workload.embeddings import embedding_calls
+from locust_milvus.workload.embeddings import collect_embedding_calls, stop_collecting
 from locust_milvus.workload.operations import TABLE, Call, Operation, RunState
 from locust_milvus.workload.pacing import Pacer
 from locust_milvus.workload.request_events import ASYNC, SYNC, fire_operation
@@ -61,6 +62,7 @@ class _OperationMix(RunUser):
     builtin = True
     request_names = tuple(TABLE)
     pacer: Pacer | None = None
+    bound: tuple | None = None  # (the run's state, {(operation, sync): (method, extra keywords)}): see _bound
 
     def on_start(self) -> None:
         super().on_start()
@@ -90,8 +92,9 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
             gevent.sleep(SKIP_PAUSE_S)
             return
         call.mode = 1  # the sync store's client (recall.py: Session consistency is per client)
+        method, extra = _bound(self, op, True)
         try:
-            result, start, elapsed, exc, embeds = call_shielded(_timed_sync, state, op, call)
+            result, start, elapsed, exc, embeds = call_shielded(_timed_sync, method, call.kwargs, extra, op.name)
         except BaseException:  # GreenletExit: the user was stopped mid-call; the call goes on, its outcome unknown
             _cancelled(state, op, [call], SYNC)
             raise
@@ -100,25 +103,42 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
                        _context(call, planned, start + elapsed), deadline_s=state.settings.timeout)
 
 
-def _timed_sync(state: RunState, op: Operation, call: Call):
+def _bound(user, op: Operation, sync: bool) -> tuple:
+    """``op``'s LangChain method on the run's store (or retriever) and the keywords every call of it adds (the
+    deadline, the retry policy): the same for every request of a test, so looked up once per user and test, not
+    per request (the run's state is new at each test start)."""
+    cache = user.bound
+    if cache is None or cache[0] is not user.state:
+        cache = user.bound = (user.state, {})
+    found = cache[1].get((op.name, sync))
+    if found is None:
+        state = user.state
+        method = getattr(state.target(op, sync=sync), op.method if sync else op.async_method)
+        found = cache[1][(op.name, sync)] = (method, state.settings.call_kwargs if op.takes_call_kwargs else {})
+    return found
+
+
+def _timed_sync(method, kwargs: dict, extra: dict, name: str):
     """One sync call, timed around the call alone; runs in its own greenlet (shield.py), so that the embedding
     calls collected here are this call's only."""
-    method = getattr(state.target(op, sync=True), op.method)
-    monitor.enter(SYNC, op.name)
-    with embedding_calls() as embeds:
-        start = time.perf_counter()
-        try:
-            result = method(**op.call_kwargs(state, call))
-            return result, start, time.perf_counter() - start, None, embeds
-        except Exception as e:  # noqa: BLE001 - handed back to the user's greenlet, fired as a failure
-            return None, start, time.perf_counter() - start, e, embeds
-        finally:
-            monitor.leave(SYNC)
+    monitor.enter(SYNC, name)
+    embeds, token = collect_embedding_calls()
+    start = perf_counter()
+    try:
+        result = method(**kwargs, **extra)
+        return result, start, perf_counter() - start, None, embeds
+    except Exception as e:  # noqa: BLE001 - handed back to the user's greenlet, fired as a failure
+        return None, start, perf_counter() - start, e, embeds
+    finally:
+        stop_collecting(token)
+        monitor.leave(SYNC)
 
 
 def _context(call: Call, planned: float | None, ended: float) -> dict | None:
     """What the report records of a request besides its time: its latency from the planned start under
     --target-rps (float ms), and its recall@k when --recall sampled it (not a request of its own)."""
+    if planned is None and call.recall is None:  # most requests: no dict made for nothing
+        return None
     context = {}
     if planned is not None:
         context["corrected_ms"] = (ended - planned) * 1000.0
@@ -135,26 +155,32 @@ def _cancelled(state: RunState, op: Operation, calls: list[Call], mode: str) -> 
     monitor.cancelled(mode, op.name, len(calls))
 
 
-async def _timed(state: RunState, op: Operation, call: Call):
+async def _timed(method, kwargs: dict, extra: dict):
     """One async call, timed inside the coroutine so the bridge's wake-up is not in the figure."""
-    method = getattr(state.target(op, sync=False), op.async_method)
     monitor.enter(ASYNC)
-    # gather runs this coroutine in its own task, so the embedding calls collected here are this call's only.
-    with embedding_calls() as embeds:
-        start = time.perf_counter()
-        try:
-            result = await method(**op.call_kwargs(state, call))
-            return result, start, time.perf_counter() - start, None, embeds
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
-            return None, start, time.perf_counter() - start, e, embeds
-        finally:
-            monitor.leave(ASYNC)
+    # The bridge runs this coroutine in a task of its own (gather, one each), so the embedding calls collected
+    # here are this call's only.
+    embeds, token = collect_embedding_calls()
+    start = perf_counter()
+    try:
+        result = await method(**kwargs, **extra)
+        return result, start, perf_counter() - start, None, embeds
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - handed back to the greenlet, fired as a failure
+        return None, start, perf_counter() - start, e, embeds
+    finally:
+        stop_collecting(token)
+        monitor.leave(ASYNC)
 
 
-async def _gather(state: RunState, op: Operation, batch: list[Call]):
-    return await asyncio.gather(*(_timed(state, op, call) for call in batch))
+async def _gather(method, extra: dict, batch: list[Call]):
+    return await asyncio.gather(*(_timed(method, call.kwargs, extra) for call in batch))
+
+
+async def _one(method, extra: dict, call: Call):
+    # One call (--async-concurrency 1, or paced): awaited in the bridge's own task, without gather's second task.
+    return [await _timed(method, call.kwargs, extra)]
 
 
 class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
@@ -171,8 +197,10 @@ class AsyncMilvusUser(_OperationMix, AsyncLangChainUser):
             return
         for call in batch:
             call.mode = 2  # the async store's client
+        method, extra = _bound(self, op, False)
         try:
-            outcomes = get_bridge().run(_gather(state, op, batch))
+            outcomes = get_bridge().run(_one(method, extra, batch[0]) if len(batch) == 1
+                                        else _gather(method, extra, batch))
         except (concurrent.futures.CancelledError, BridgeClosed):
             # The process is quitting (SIGTERM mid-run): the bridge cancelled these calls, or takes no more.
             # Unknown outcomes, not failures; and the user stops here instead of logging a traceback per task.
