@@ -76,8 +76,10 @@ def test_the_stores_see_one_collection_three_ways(lite_milvus, lite_state):
     assert hybrid._vector_field == [s.vector_field, s.sparse_field] and full_text._vector_field == s.sparse_field
     # No store returns a vector as metadata (the dense and full-text ones would ask for the other's field).
     for store in (lite_state.store, hybrid, full_text):
-        docs = store.similarity_search("test document 1", k=3, ranker_type="rrf") if store is hybrid else \
-            store.similarity_search("test document 1", k=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # LangChain's on ranker_type
+            docs = store.similarity_search("test document 1", k=3, ranker_type="rrf") if store is hybrid else \
+                store.similarity_search("test document 1", k=3)
         assert docs and not {s.vector_field, s.sparse_field} & set(docs[0].metadata), docs[0].metadata
 
 
