@@ -44,19 +44,35 @@ def build_state(settings) -> RunState:
                     astore=open_async_store(settings, run), stores=open_stores(settings, bm25_kinds(settings), run))
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["bm25", "dense"])
-def lite_state(request, lite_milvus):
-    settings = make_settings(lite_milvus.uri, f"t_lite_{'bm25' if request.param else 'dense'}_{os.getpid()}",
-                             prepopulate=60, batch_size=5, drop_collection=True, bm25=request.param)
+def _state(lite_milvus, bm25_on: bool) -> RunState:
+    settings = make_settings(lite_milvus.uri, f"t_lite_{'bm25' if bm25_on else 'plain'}_{os.getpid()}",
+                             prepopulate=60, batch_size=5, drop_collection=True, bm25=bm25_on)
     return build_state(settings)
 
 
-@pytest.mark.parametrize("name", list(TABLE))
+@pytest.fixture(scope="module")
+def bm25_state(lite_milvus) -> RunState:
+    """A --bm25 collection and its three stores per mode."""
+    return _state(lite_milvus, True)
+
+
+@pytest.fixture(scope="module")
+def plain_state(lite_milvus) -> RunState:
+    """A collection as a run without --bm25 makes it."""
+    return _state(lite_milvus, False)
+
+
+# Every operation on the --bm25 collection; on the plain one, every operation but the two that need --bm25 (refused
+# without it: tests/test_bad_input.py).
+CASES = [("bm25_state", name) for name in TABLE] + [("plain_state", name) for name in TABLE
+                                                     if not TABLE[name].needs_bm25]
+
+
+@pytest.mark.parametrize("collection_state, name", CASES, ids=[f"{c.split('_')[0]}-{n}" for c, n in CASES])
 @pytest.mark.parametrize("user_class, request_type", MODES)
-def test_every_operation_in_both_modes(lite_state, name, user_class, request_type):
-    if TABLE[name].needs_bm25 and not lite_state.settings.bm25:
-        pytest.skip("needs --bm25 (refused without it: tests/test_bad_input.py)")
-    user, events = user_with_events(user_class, lite_state)
+def test_every_operation_in_both_modes(request, collection_state, name, user_class, request_type):
+    state = request.getfixturevalue(collection_state)
+    user, events = user_with_events(user_class, state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # LangChain's on ranker_type, once per hybrid search
         user.execute(TABLE[name])
@@ -65,17 +81,15 @@ def test_every_operation_in_both_modes(lite_state, name, user_class, request_typ
     assert events[0]["response_length"] > 0
 
 
-def test_the_stores_see_one_collection_three_ways(lite_milvus, lite_state):
-    if not lite_state.settings.bm25:
-        pytest.skip("the --bm25 collection's stores")
-    s = lite_state.settings
+def test_the_stores_see_one_collection_three_ways(lite_milvus, bm25_state):
+    s = bm25_state.settings
     description = MilvusClient(uri=lite_milvus.uri).describe_collection(s.collection)
     assert bm25.has_bm25_field(description, s)
     assert {f["name"] for f in description["fields"]} >= {s.vector_field, s.sparse_field, s.text_field}
-    hybrid, full_text = lite_state.stores[("hybrid", True)], lite_state.stores[("full_text", True)]
+    hybrid, full_text = bm25_state.stores[("hybrid", True)], bm25_state.stores[("full_text", True)]
     assert hybrid._vector_field == [s.vector_field, s.sparse_field] and full_text._vector_field == s.sparse_field
     # No store returns a vector as metadata (the dense and full-text ones would ask for the other's field).
-    for store in (lite_state.store, hybrid, full_text):
+    for store in (bm25_state.store, hybrid, full_text):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # LangChain's on ranker_type
             docs = store.similarity_search("test document 1", k=3, ranker_type="rrf") if store is hybrid else \
@@ -84,13 +98,11 @@ def test_the_stores_see_one_collection_three_ways(lite_milvus, lite_state):
 
 
 @pytest.mark.parametrize("user_class", [SyncMilvusUser, AsyncMilvusUser])
-def test_weighted_ranker_holds_over_many_searches(lite_state, user_class):
+def test_weighted_ranker_holds_over_many_searches(bm25_state, user_class):
     # The weighted ranker needs one weight per route. An unmended langchain-milvus 0.4.0 store grows its
     # vector-field list by one per search, so its default weights stop matching after the first one.
-    if not lite_state.settings.bm25:
-        pytest.skip("the --bm25 collection's stores")
-    settings = dataclasses.replace(lite_state.settings, ranker="weighted", ranker_params={"weights": [0.7, 0.3]})
-    state = dataclasses.replace(lite_state, settings=settings)
+    settings = dataclasses.replace(bm25_state.settings, ranker="weighted", ranker_params={"weights": [0.7, 0.3]})
+    state = dataclasses.replace(bm25_state, settings=settings)
     user, events = user_with_events(user_class, state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -104,15 +116,13 @@ def test_weighted_ranker_holds_over_many_searches(lite_state, user_class):
 @pytest.mark.xfail(strict=True, reason="langchain-milvus 0.4.0's _remove_forbidden_fields extends the store's own "
                    "_vector_field list on every search; when this passes, upstream fixed it: drop that part of "
                    "bm25.mend")
-def test_langchain_milvus_hybrid_store_keeps_its_vector_fields(lite_state):
-    if not lite_state.settings.bm25:
-        pytest.skip("the --bm25 collection's stores")
+def test_langchain_milvus_hybrid_store_keeps_its_vector_fields(bm25_state):
     from langchain_milvus import Milvus
 
     from locust_milvus.milvus.store import connection_args
     from locust_milvus.workload.embeddings import embedding_for
 
-    s = lite_state.settings
+    s = bm25_state.settings
     store = Milvus(embedding_function=embedding_for(s), collection_name=s.collection,
                    connection_args=connection_args(s), **{**s.store_kwargs, **bm25.store_kwargs(s, "hybrid")})
     with warnings.catch_warnings():
