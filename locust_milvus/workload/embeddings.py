@@ -116,12 +116,11 @@ _collector: ContextVar[list[EmbedCall] | None] = ContextVar("locust_milvus_embed
 @contextmanager
 def embedding_calls():
     """Collect the embedding calls made inside the ``with`` block (in this greenlet or task)."""
-    calls: list[EmbedCall] = []
-    token = _collector.set(calls)
+    calls, token = collect_embedding_calls()
     try:
         yield calls
     finally:
-        _collector.reset(token)
+        stop_collecting(token)
 
 
 def collect_embedding_calls() -> tuple[list[EmbedCall], Token]:

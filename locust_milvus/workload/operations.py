@@ -167,9 +167,6 @@ class Operation:
     def option(self) -> str:
         return self.name.replace("_", "-")
 
-    def call_kwargs(self, state: RunState, call: Call) -> dict:
-        return {**call.kwargs, **state.settings.call_kwargs} if self.takes_call_kwargs else call.kwargs
-
     def complete(self, state: RunState, call: Call, result: Any, exc: BaseException | None):
         """(response_length, exception or None) for one finished call."""
         if exc is None:
