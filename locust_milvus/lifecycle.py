@@ -81,6 +81,13 @@ def _fatal(message: str, code: int = 1) -> None:
 
 def on_init(environment, runner=None) -> None:
     make_grpc_cooperative()
+    # pymilvus loads scipy.sparse on its first search or insert (SciPyHelper._init, pymilvus/client/utils.py),
+    # without a lock: a sync call on the hub's thread and an async one on the bridge's loop thread then imported it
+    # at once, and both searches failed ("partially initialized module 'scipy.sparse._bsr'", seen in 1 of 12
+    # stop-stress runs). Loaded here, once per process, before any user starts.
+    from pymilvus.client.utils import SciPyHelper
+
+    SciPyHelper.is_scipy_sparse(None)
     shutdown.install_sigint_handler()
     options = run_options(environment)
     quiet_logs.install(options.loglevel)  # pymilvus, httpx and langchain-milvus repeat what failure events record
