@@ -93,7 +93,8 @@ def secure_milvus(tmp_path_factory) -> SecureMilvus:
 @dataclass
 class LiteMilvus:
     """A Milvus Lite 3.x server (``milvus-lite server``, installed with langchain-milvus): the Milvus Lite engine
-    behind the real gRPC API, with BM25 full-text search, which the embedded 2.3.5 lacks."""
+    behind the real gRPC API, with BM25 full-text search, which the embedded 2.3.5 lacks. Started through
+    tests/milvus_lite_server.py, which gives its gRPC server Milvus's keepalive policy (see there why)."""
 
     uri: str
     process: subprocess.Popen
@@ -113,9 +114,9 @@ def lite_milvus(tmp_path_factory) -> LiteMilvus:
         port = s.getsockname()[1]
     log = folder / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(folder / "data"),
+        proc = subprocess.Popen([sys.executable, "-m", "tests.milvus_lite_server", "--data-dir", str(folder / "data"),
                                  "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=child_env(), start_new_session=True)
+                                cwd=ROOT, env=child_env(), start_new_session=True)
     deadline = time.monotonic() + 60
     while "listening" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:

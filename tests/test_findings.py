@@ -49,10 +49,15 @@ def test_known_failures_are_grouped_and_named():
     s = summary([row("mmr", "async", [10.0] * 8, failures=3)], level="Bounded",
                 failures=[{"error": "KeyError: 'doc_17'", "count": 3, "operations": []},
                           {"error": "MilvusException: (code=101, message=collection not loaded)", "count": 2,
+                           "operations": []},
+                          {"error": 'MilvusException: (code=2, message=Fail connecting to server on 127.0.0.1:19530) '
+                                    '<- status = StatusCode.UNAVAILABLE details = "Too many pings"', "count": 1,
                            "operations": []}],
                 versions={"langchain_milvus": "0.4.0"})
     kinds = {f["kind"]: f for f in findings.find(s)}
-    assert set(kinds) == {"upstream_mmr_race", "collection_not_loaded"}
+    assert set(kinds) == {"upstream_mmr_race", "collection_not_loaded", "keepalive_refused"}
+    assert "1 failed requests" in kinds["keepalive_refused"]["text"] and "not the server's load" in \
+        kinds["keepalive_refused"]["text"]
     assert "3 failed requests" in kinds["upstream_mmr_race"]["text"]
     assert "langchain-milvus 0.4.0" in kinds["upstream_mmr_race"]["text"]
     assert "not a Milvus failure" in kinds["upstream_mmr_race"]["text"]
