@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from locust.env import Environment
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -126,8 +127,11 @@ def doomed_milvus():
     server = EmbeddedMilvus()
     server.start()
     yield server
-    if server.running():
-        os.kill(server.pid, signal.SIGCONT)
+    # A paused Milvus is resumed so that it can stop; a killed one is gone already (running() is about the
+    # process that started it, which may outlive it: pid is Milvus's own).
+    with contextlib.suppress(ProcessLookupError):
+        if server.running():
+            os.kill(server.pid, signal.SIGCONT)
     server.stop()
 
 
