@@ -114,7 +114,7 @@ _KNOWN = (
     (re.compile(r"rate limit|code=8\b", re.I), "rate_limited",
      "Milvus's rate limiter refused these requests (code 8): the server's quotas, not its capacity "
      "(--milvus-retry-rate-limit lets pymilvus retry them inside the deadline)."),
-    (re.compile(r"too many pings|too_many_pings", re.I), "keepalive_refused",
+    (re.compile(r"too[ _]many[ _]pings", re.I), "keepalive_refused",
      "The server closed the connection (GOAWAY too_many_pings) because pymilvus's keepalive pings, one per 10 s "
      "on an idle channel, came more often than the server's gRPC policy allows. Milvus itself permits one per "
      "5 s; a Milvus Lite server keeps gRPC's default of one per 5 minutes. A transport policy mismatch, not the "
