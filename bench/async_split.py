@@ -14,7 +14,7 @@ LangChain's ``asimilarity_search`` with the offline embedding), in turn:
 4. ``hub-loop``: under gevent's patching, an asyncio loop run by a greenlet on the hub's own thread (gevent's
    patched selector), 20 greenlets handing every search to it; grpc.aio's poller a native thread as in the bridge.
    An experiment: one thread fewer per hop;
-5. ``locust-bare``: a headless Locust run of the least user that does this (bench/bare_async_locustfile.py: the
+5. ``locust-bare``: a headless Locust run of the least user that does this (bench/bare_locustfile.py: the
    bridge hop, perf_counter timing, one request event);
 6. ``AsyncMilvusUser``: a headless Locust run of our async user, search only.
 
@@ -191,7 +191,7 @@ def locust_row(mode: str, uri: str, seconds: float, users: int) -> dict:
 
     if mode == "locust-bare":
         env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128"}
-        r = locust(ROOT / "bench" / "bare_async_locustfile.py", uri, users, int(seconds), env=env)
+        r = locust(ROOT / "bench" / "bare_locustfile.py", uri, users, int(seconds), env=env)
     else:
         r = locust(ROOT / "locustfiles" / "locustfile.py", uri, users, int(seconds), mode, "--collection", COLLECTION,
                    "--existing-collection", "--dim", "128", "--top-k", "3", "--add-weight", "0", "--delete-weight",

@@ -1,0 +1,102 @@
+"""The least a Locust user can do to time LangChain's search, for bench/search_throughput.py and bench/async_split.py.
+
+    LOCUST_BENCH_COLLECTION=bench [LOCUST_BENCH_MODE=async|sync] [LOCUST_BENCH_SHIELD=1] [LOCUST_BENCH_POOL=N] \
+        locust -f bench/bare_locustfile.py --host http://127.0.0.1:19530
+
+One task, timed with perf_counter, one request event:
+
+- async: ``asimilarity_search`` (k=3, the offline embedding) handed to the async bridge;
+- sync: ``similarity_search`` called in the task itself, as contrib's users call pymilvus (sync gRPC made
+  gevent-cooperative, gevent's hub pool left at its 10 threads; no greenlet of its own per call).
+
+None of our users' machinery (operations table, pacing, ledger, recall, health, the report's listeners, and for the
+sync user its call in a greenlet of its own with the pool grown): against contrib's raw pymilvus it shows what
+LangChain costs, and against our users what our machinery costs.
+"""
+
+from locust import User, events, task
+
+import os
+import random
+import time
+
+import gevent
+from langchain_milvus import Milvus
+
+from locust_milvus.runtime.bridge import close_bridge, get_bridge
+from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
+from locust_milvus.runtime.monitor import monitor
+from locust_milvus.runtime.shield import call_shielded
+from locust_milvus.workload.embeddings import make_embedding
+
+ASYNC = os.environ.get("LOCUST_BENCH_MODE", "async") == "async"
+# Sync only, to take our sync path apart: each call in a greenlet of its own (runtime/shield.py, which also grows
+# the hub's pool to the calls in flight), or the pool set to a size.
+SHIELD = os.environ.get("LOCUST_BENCH_SHIELD") == "1"
+POOL = int(os.environ.get("LOCUST_BENCH_POOL", "0"))
+_queries = [f"test document {i}" for i in range(50)]
+_store = None
+
+
+def _open(uri: str) -> Milvus:
+    return Milvus(embedding_function=make_embedding(int(os.environ.get("LOCUST_BENCH_DIM", "128"))),
+                  collection_name=os.environ["LOCUST_BENCH_COLLECTION"], connection_args={"uri": uri}, auto_id=False)
+
+
+async def _open_async(uri: str) -> Milvus:
+    return _open(uri)  # on the bridge's loop: pymilvus binds the async client to it
+
+
+class BareUser(User):
+    @task
+    def search(self) -> None:
+        fire = self.environment.events.request.fire
+        start = time.perf_counter()
+        exception = None
+        try:
+            if ASYNC:
+                docs = get_bridge().run(_store.asimilarity_search(random.choice(_queries), k=3))
+            elif SHIELD:
+                docs = call_shielded(_store.similarity_search, random.choice(_queries), k=3)
+            else:
+                docs = _store.similarity_search(random.choice(_queries), k=3)
+            if len(docs) != 3:
+                exception = AssertionError(f"{len(docs)} documents")
+        except Exception as exc:  # noqa: BLE001 - fired as the failure
+            exception = exc
+        fire(request_type="langchain-async" if ASYNC else "langchain", name="search",
+             response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+
+
+@events.init.add_listener
+def _init(environment, **_):
+    environment.events.request.add_listener(monitor.count_request)  # as locust_milvus/plugin.py does
+    if not ASYNC:
+        make_grpc_cooperative()
+        if POOL:
+            gevent.get_hub().threadpool.maxsize = POOL
+
+
+@events.test_start.add_listener
+def _start(environment, **_):
+    global _store
+    if ASYNC:
+        bridge = get_bridge()
+        _store = bridge.run(_open_async(environment.host))
+        bridge.run(_store.asimilarity_search("warm up", k=3))
+    else:
+        _store = _open(environment.host)
+        _store.similarity_search("warm up", k=3)
+    monitor.start(environment.runner)
+
+
+@events.test_stop.add_listener
+def _stop(environment, **_):
+    monitor.stop()
+
+
+@events.quitting.add_listener
+def _quit(environment, **_):
+    if ASYNC:
+        get_bridge().on_close(_store._async_milvus_client.close)
+        close_bridge()
