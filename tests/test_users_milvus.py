@@ -254,3 +254,46 @@ def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, colle
     assert events == []  # neither a success nor a failure: no result
     assert monitor.unknown == {(user_class.mode, "add"): 1}
     assert sum(1 for s in ledger.states.values() if s == "unknown") == 5  # its ids: maybe written, maybe not
+
+
+_BRIDGE_CLOSE_CHILD = """
+import sys, time, traceback
+from locust_milvus.runtime.bridge import close_bridge, get_bridge
+from pymilvus import AsyncMilvusClient
+
+async def open_client():
+    return AsyncMilvusClient(uri=sys.argv[1])
+
+bridge = get_bridge()
+client = bridge.run(open_client())
+assert bridge.run(client.has_collection("none_such")) is False  # a real call: the client's channel is open
+bridge.on_close(client.close)
+close_bridge()
+
+def bridge_threads():  # the loop's, grpc.aio's poller, the executor's: every native thread running bridge.py code
+    return [tid for tid, frame in sys._current_frames().items()
+            if any(f.f_code.co_filename.endswith("bridge.py") for f, _ in traceback.walk_stack(frame))]
+
+deadline = time.monotonic() + 5  # the executor's threads end a moment after the loop closes, told by a queue
+while bridge_threads() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("bridge threads left:", len(bridge_threads()))
+"""
+
+
+def test_closing_the_bridge_ends_its_threads_and_the_process_exits_quietly(milvus, tmp_path):
+    """pymilvus keeps a loop's channels after its clients close; the bridge closes them, so that grpc.aio's poller
+    ends with the bridge instead of running into the interpreter's finalisation (an empty "Error in
+    sys.excepthook" at exit)."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, child_env
+
+    child = tmp_path / "child.py"
+    child.write_text(_BRIDGE_CLOSE_CHILD)
+    proc = subprocess.run([sys.executable, "-m", "gevent.monkey", str(child), milvus.uri], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bridge threads left: 0" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "Error in sys.excepthook" not in proc.stderr, proc.stderr[-3000:]

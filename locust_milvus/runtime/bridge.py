@@ -179,6 +179,23 @@ class _NativeResolvingLoop(asyncio.SelectorEventLoop):
         return await self.run_in_executor(None, _native_getnameinfo, sockaddr, flags)
 
 
+async def _close_pymilvus_connections() -> None:
+    """Close the connections pymilvus keeps for this loop after its clients have closed.
+
+    pymilvus (3.x) shares one gRPC channel per address among the AsyncMilvusClients of a loop, in a per-loop
+    ``AsyncConnectionManager``; ``AsyncMilvusClient.close()`` only detaches the client, and the channel stays in
+    the manager's registry. Each grpc.aio channel object holds a reference to grpc.aio until it is freed, so its
+    poller (a native thread, trap 1) outlived the bridge and still ran in the interpreter's finalisation, which
+    printed an empty "Error in sys.excepthook" at the exit of the test session. Emptying the registry frees the
+    channels; the poller then ends with our own reference (``shutdown_grpc_aio`` below).
+    """
+    try:
+        from pymilvus.client.connection_manager import AsyncConnectionManager
+    except ImportError:  # a pymilvus without the manager closes its channel with the client
+        return
+    await AsyncConnectionManager.get_instance().close_all()
+
+
 class _Job:
     """One coroutine handed to the loop, and the greenlet's way back."""
 
@@ -379,6 +396,7 @@ class AsyncBridge:
                 except Exception as exc:  # noqa: BLE001 - closing is best effort; say what did not close
                     logger.warning("async bridge: closing %r failed: %r", closer, exc)
             await self.loop.shutdown_asyncgens()
+            await _close_pymilvus_connections()
             from grpc._cython import cygrpc
 
             cygrpc.shutdown_grpc_aio()  # our own init_grpc_aio's reference (clients' channels hold theirs)
