@@ -396,7 +396,10 @@ class AsyncBridge:
                 except Exception as exc:  # noqa: BLE001 - closing is best effort; say what did not close
                     logger.warning("async bridge: closing %r failed: %r", closer, exc)
             await self.loop.shutdown_asyncgens()
-            await _close_pymilvus_connections()
+            try:
+                await _close_pymilvus_connections()
+            except Exception as exc:  # noqa: BLE001 - as for the closers: say what did not close, go on closing
+                logger.warning("async bridge: closing pymilvus's connections failed: %r", exc)
             from grpc._cython import cygrpc
 
             cygrpc.shutdown_grpc_aio()  # our own init_grpc_aio's reference (clients' channels hold theirs)
