@@ -16,9 +16,13 @@ from locust_milvus.report.histograms import decode
 # neither unless named like them).
 _SEARCH = re.compile(r"search|mmr|retriev")
 _WRITES = {"add", "add_texts", "add_embeddings", "upsert", "delete", "delete_by_expr"}
-# A "slow mode" of a search: at least this long and at least this many times its median.
+# A "slow mode" of a search: at least this long and at least this many times its fast searches' figure.
 SLOW_MS = 100.0
-SLOW_TIMES_MEDIAN = 4.0
+SLOW_TIMES_FAST = 4.0
+# The fast searches' figure the slow mode is measured against: a low percentile, not the median. When most searches
+# wait for a time tick (the default 8:1:1 mix at Session, 20 users sharing one client: 65 % of them at 190-600 ms,
+# the p10 at 12 ms) the median is in the slow mode itself, and a threshold of 4x the median found nothing to explain.
+FAST_PERCENTILE = 10.0
 SLOW_SHARE = 0.02  # ... for at least this share of the searches
 SEVERITY_ORDER = {"warning": 0, "info": 1}
 
@@ -77,19 +81,22 @@ def _consistency_waits(summary: dict) -> list[dict]:
         return []
     slow: dict[str, list[dict]] = {}  # operation -> its modes' figures, one finding per operation
     for r in rows:
-        if not _SEARCH.search(r["name"]) or not r["count"] or r.get("p50_ms") is None:
+        if not _SEARCH.search(r["name"]) or not r["count"] or r.get("p50_ms") is None or not r.get("histogram"):
             continue
-        threshold = max(SLOW_MS, SLOW_TIMES_MEDIAN * r["p50_ms"])
+        fast_ms = decode(r["histogram"]).get_value_at_percentile(FAST_PERCENTILE) / 1000
+        threshold = max(SLOW_MS, SLOW_TIMES_FAST * fast_ms)
         share = _share_above(r, threshold)
         if share >= SLOW_SHARE:
             slow.setdefault(r["name"], []).append({"mode": r["mode"], "slow_share": round(share, 4),
-                                                   "slow_above_ms": round(threshold, 3), "p50_ms": r["p50_ms"],
+                                                   "slow_above_ms": round(threshold, 3),
+                                                   "p10_ms": round(fast_ms, 3), "p50_ms": r["p50_ms"],
                                                    "p90_ms": r.get("p90_ms"), "p99_ms": r.get("p99_ms")})
     wait = ("the server's time tick after this client's last write" if level == "Session"
             else "every write acknowledged anywhere before the search started")
     out = []
     for name, modes in slow.items():
-        figures = "; ".join(f"{m['mode']}: {m['slow_share']:.0%} over {m['slow_above_ms']:.3g} ms, median "
+        figures = "; ".join(f"{m['mode']}: {m['slow_share']:.0%} over {m['slow_above_ms']:.3g} ms, p10 "
+                            f"{m['p10_ms']:.3g} ms, median "
                             f"{m['p50_ms']:.3g} ms" for m in modes)
         out.append(_finding(
             "consistency_wait", "warning",
