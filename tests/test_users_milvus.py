@@ -229,6 +229,27 @@ def test_verify_finds_lost_resurrected_and_duplicated_writes(milvus, collection)
     assert "verify: FAILED" in bad.line()
 
 
+def test_verify_gives_up_before_the_exit_deadline_so_that_the_report_is_written(milvus, collection, monkeypatch):
+    """A Milvus slow to answer after an outage once took the whole of the exit grace, and the process was ended
+    before its report. The check's waits are bounded by the time left, less the report's margin."""
+    from locust_milvus.milvus import verify as verify_module
+    from locust_milvus.runtime import shutdown
+
+    settings = make_settings(milvus.uri, collection, prepopulate=0, batch_size=5, verify=True)
+    ledger = IdLedger(track=True)
+    prepare_collection(settings, ledger)
+    user, _ = user_with_events(SyncMilvusUser, RunState(settings=settings, store=open_store(settings), ledger=ledger))
+    user.execute(TABLE["add"])
+    left = [verify_module.REPORT_MARGIN_S + 0.05]  # the deadline is all but here: nothing may wait
+    monkeypatch.setattr(shutdown, "seconds_left", lambda: left[0])
+    began = time.monotonic()
+    verdict = verify_module.verify(settings, ledger)
+    assert time.monotonic() - began < 2.0
+    assert not verdict.ok and "exit deadline" in verdict.error and "--stop-timeout" in verdict.error, verdict.line()
+    left[0] = verify_module.REPORT_MARGIN_S + 30  # enough time: the same check passes
+    assert verify_module.verify(settings, ledger).ok
+
+
 @pytest.mark.parametrize("user_class", [SyncMilvusUser, AsyncMilvusUser])
 def test_calls_cut_off_at_stop_are_unknown_outcomes_never_requests(milvus, collection, user_class):
     import gevent

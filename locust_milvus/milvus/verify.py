@@ -21,6 +21,30 @@ from locust_milvus.workload.data import DELETED, PRESENT, UNKNOWN, IdLedger
 
 QUERY_BATCH = 1000  # ids per `pk in [...]` query
 LOAD_TIMEOUT_S = 60.0
+# Kept before the process's shutdown deadline (runtime/shutdown.py) for what comes after the check: the report
+# (up to 4 s here, a count(*) and the server's metrics included) and the embedded Milvus's stop.
+REPORT_MARGIN_S = 6.0
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _time_left() -> float | None:
+    """Seconds the check may still take before the shutdown deadline, less the report's margin; None: no deadline."""
+    from locust_milvus.runtime import shutdown
+
+    left = shutdown.seconds_left()
+    return None if left is None else left - REPORT_MARGIN_S
+
+
+def _timeout(wanted: float) -> float:
+    left = _time_left()
+    if left is None:
+        return wanted
+    if left <= 0.1:
+        raise _OutOfTime()
+    return min(wanted, left)
 
 
 def verify(settings: Settings, ledger: IdLedger) -> Verdict:
@@ -41,19 +65,27 @@ def verify(settings: Settings, ledger: IdLedger) -> Verdict:
     try:
         # After a server restart the collection may not be loaded yet (queries fail with code 101); loading an
         # already loaded collection returns at once.
-        client.load_collection(settings.collection, timeout=LOAD_TIMEOUT_S)
+        # Every wait is also bounded by the time left before the process's exit deadline (--stop-timeout + 10 s
+        # after a headless run's end): a Milvus slow to answer after an outage took the whole of it, and the
+        # process was ended before its report was written. Now the check gives up first, and says so.
+        client.load_collection(settings.collection, timeout=_timeout(LOAD_TIMEOUT_S))
         for start in range(0, len(ids), QUERY_BATCH):
             expr = f"{pk} in {json.dumps(ids[start:start + QUERY_BATCH])}"
             rows = client.query(settings.collection, filter=expr, output_fields=[pk], consistency_level="Strong",
-                                timeout=settings.timeout)
+                                timeout=_timeout(settings.timeout))
             found.update(row[pk] for row in rows)
             # A query returns each primary key once even when it was inserted twice; count(*) counts rows.
             [counted] = client.query(settings.collection, filter=expr, output_fields=["count(*)"],
-                                     consistency_level="Strong", timeout=settings.timeout)
+                                     consistency_level="Strong", timeout=_timeout(settings.timeout))
             verdict.duplicate_rows += max(0, int(counted["count(*)"]) - sum(
                 1 for i in ids[start:start + QUERY_BATCH] if found[i]))
     except Exception as exc:  # noqa: BLE001
         verdict.error = one_line(exc)
+        if isinstance(exc, _OutOfTime) or (_time_left() is not None and _time_left() <= 0.1):
+            verdict.error = ("Milvus did not answer before the run's exit deadline (--stop-timeout + 10 s, less "
+                             f"{REPORT_MARGIN_S:g} s kept for the report): give the check more time with a larger "
+                             f"--stop-timeout" + (f" (last error: {one_line(exc)})" if not isinstance(exc, _OutOfTime)
+                                                  else ""))
         return verdict
     finally:
         client.close()
