@@ -39,7 +39,6 @@ logger = logging.getLogger("locust_milvus")
 MESSAGE = "locust_milvus_verify"
 MASTER = "master"  # the master's own part (its pre-populated documents), beside the workers' client ids
 WAIT_S = 10.0  # no shutdown deadline set (a web UI test stopped): the master's longest wait beyond --stop-timeout
-WRITE_MARGIN_S = 5.0  # kept before the shutdown deadline: the embedded Milvus stops (up to 3 s), the report is written
 POLL_S = 0.1
 LOCAL_WAIT_S = 300.0  # a web UI test's report waits this long for a local runner's check (its queries have deadlines)
 
@@ -181,11 +180,11 @@ class RunVerdict:
 
     @staticmethod
     def budget(environment) -> float:
-        """How long the master may still wait: until WRITE_MARGIN_S before the shutdown deadline, if one is set."""
-        left = shutdown.seconds_left()
+        """How long the master may still wait: until shutdown.WRITE_MARGIN_S before the deadline, if one is set."""
+        left = shutdown.seconds_left_before_writing()
         if left is None:
             return float(environment.stop_timeout or 0) + WAIT_S
-        return max(0.0, left - WRITE_MARGIN_S)
+        return max(0.0, left)
 
     def _on_message(self, environment, msg, **_kwargs) -> None:
         self._receive(environment, msg.node_id, dict(msg.data or {}))

@@ -38,8 +38,8 @@ def test_server_killed_and_restarted_mid_run_loses_no_acknowledged_write(tmp_pat
     run_s, outage_s = 75, 20
     # Output goes to a file, not a pipe: a pipe nobody reads until the end fills up and blocks locust's writes.
     output = open(tmp_path / "locust-output.txt", "w+")  # noqa: SIM115 - closed below
-    # --stop-timeout 20: the check after the run (--verify) may wait up to 24 s for a Milvus that was just restarted
-    # (with the default 0 it has 4 s, then gives up, saying so, to leave time for the report).
+    # --stop-timeout 20: the check after the run (--verify) may wait up to 25 s for a Milvus that was just restarted
+    # (with the default 0 it has 5 s, then gives up, saying so, to leave time for the report).
     proc = subprocess.Popen(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "4", "-r", "4", "-t",
          f"{run_s}s", "--host", victim.uri, "--collection", "faults", "--prepopulate", "200", "--milvus-timeout",

@@ -240,13 +240,13 @@ def test_verify_gives_up_before_the_exit_deadline_so_that_the_report_is_written(
     prepare_collection(settings, ledger)
     user, _ = user_with_events(SyncMilvusUser, RunState(settings=settings, store=open_store(settings), ledger=ledger))
     user.execute(TABLE["add"])
-    left = [verify_module.REPORT_MARGIN_S + 0.05]  # the deadline is all but here: nothing may wait
+    left = [shutdown.WRITE_MARGIN_S + 0.05]  # the deadline is all but here: nothing may wait
     monkeypatch.setattr(shutdown, "seconds_left", lambda: left[0])
     began = time.monotonic()
     verdict = verify_module.verify(settings, ledger)
     assert time.monotonic() - began < 2.0
     assert not verdict.ok and "exit deadline" in verdict.error and "--stop-timeout" in verdict.error, verdict.line()
-    left[0] = verify_module.REPORT_MARGIN_S + 30  # enough time: the same check passes
+    left[0] = shutdown.WRITE_MARGIN_S + 30  # enough time: the same check passes
     assert verify_module.verify(settings, ledger).ok
 
 

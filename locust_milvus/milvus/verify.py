@@ -17,13 +17,11 @@ from pymilvus import MilvusClient
 from locust_milvus.config.settings import Settings
 from locust_milvus.milvus.store import connection_args
 from locust_milvus.milvus.verdict import SHOWN, VERIFY_EXIT_CODE, Verdict  # noqa: F401 - this module's API too
+from locust_milvus.runtime import shutdown
 from locust_milvus.workload.data import DELETED, PRESENT, UNKNOWN, IdLedger
 
 QUERY_BATCH = 1000  # ids per `pk in [...]` query
 LOAD_TIMEOUT_S = 60.0
-# Kept before the process's shutdown deadline (runtime/shutdown.py) for what comes after the check: the report
-# (up to 4 s here, a count(*) and the server's metrics included) and the embedded Milvus's stop.
-REPORT_MARGIN_S = 6.0
 
 
 class _OutOfTime(Exception):
@@ -31,11 +29,8 @@ class _OutOfTime(Exception):
 
 
 def _time_left() -> float | None:
-    """Seconds the check may still take before the shutdown deadline, less the report's margin; None: no deadline."""
-    from locust_milvus.runtime import shutdown
-
-    left = shutdown.seconds_left()
-    return None if left is None else left - REPORT_MARGIN_S
+    """Seconds the check may still take: until the report's margin before the exit deadline; None: no deadline."""
+    return shutdown.seconds_left_before_writing()
 
 
 def _timeout(wanted: float) -> float:
@@ -81,11 +76,13 @@ def verify(settings: Settings, ledger: IdLedger) -> Verdict:
                 1 for i in ids[start:start + QUERY_BATCH] if found[i]))
     except Exception as exc:  # noqa: BLE001
         verdict.error = one_line(exc)
-        if isinstance(exc, _OutOfTime) or (_time_left() is not None and _time_left() <= 0.1):
-            verdict.error = ("Milvus did not answer before the run's exit deadline (--stop-timeout + 10 s, less "
-                             f"{REPORT_MARGIN_S:g} s kept for the report): give the check more time with a larger "
-                             f"--stop-timeout" + (f" (last error: {one_line(exc)})" if not isinstance(exc, _OutOfTime)
-                                                  else ""))
+        left = _time_left()
+        if isinstance(exc, _OutOfTime) or (left is not None and left <= 0.1):
+            verdict.error = (f"Milvus did not answer before the run's exit deadline (--stop-timeout + 10 s, less "
+                             f"{shutdown.WRITE_MARGIN_S:g} s kept for the report): give the check more time with a "
+                             f"larger --stop-timeout")
+            if not isinstance(exc, _OutOfTime):
+                verdict.error += f" (last error: {one_line(exc)})"
         return verdict
     finally:
         client.close()

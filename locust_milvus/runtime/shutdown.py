@@ -25,6 +25,9 @@ from gevent.monkey import get_original
 
 FORCED_EXIT_CODE = 5
 GRACE_S = 10.0
+# What the work before the exit (the --verify check, the master's wait for its workers' verdicts) leaves of the
+# time to the deadline: the embedded Milvus stops (up to 3 s), the report is written.
+WRITE_MARGIN_S = 5.0
 
 _native_sleep = get_original("time", "sleep")
 _native_monotonic = get_original("time", "monotonic")
@@ -60,6 +63,12 @@ def expect_stop(run_time: float, stop_timeout: float | None) -> None:
 
 _deadline: list = []  # [monotonic deadline, message] of this process, earliest first
 _thread_in_pid: int | None = None
+
+
+def seconds_left_before_writing() -> float | None:
+    """Seconds until WRITE_MARGIN_S before this process's deadline (may be negative), or None when none is set."""
+    left = seconds_left()
+    return None if left is None else left - WRITE_MARGIN_S
 
 
 def seconds_left() -> float | None:
