@@ -57,6 +57,23 @@ async def _searcher(store, queries, stop_at: float, counter: list[int]) -> None:
         counter[0] += 1
 
 
+def _greenlets_searching(run, store, queries, users: int, stop_at: float) -> int:
+    """``users`` greenlets, each handing one search after another to ``run`` until ``stop_at``; the searches made."""
+    import gevent
+
+    counter = [0]
+
+    def user() -> None:
+        rng = random.Random()
+        while time.perf_counter() < stop_at:
+            docs = run(store.asimilarity_search(rng.choice(queries), k=3))
+            assert len(docs) == 3
+            counter[0] += 1
+
+    gevent.joinall([gevent.spawn(user) for _ in range(users)], raise_error=True)
+    return counter[0]
+
+
 def _measure(body, seconds: float) -> dict:
     cpu0, t0 = time.process_time(), time.perf_counter()
     count = body(t0 + seconds)
@@ -108,28 +125,15 @@ def child(mode: str, uri: str, seconds: float, users: int) -> dict:
                 return counter[0]
         else:
             def body(stop_at: float) -> int:
-                counter = [0]
-
-                def user() -> None:
-                    rng = random.Random()
-                    while time.perf_counter() < stop_at:
-                        docs = bridge.run(store.asimilarity_search(rng.choice(queries), k=3))
-                        assert len(docs) == 3
-                        counter[0] += 1
-
-                gevent.joinall([gevent.spawn(user) for _ in range(users)], raise_error=True)
-                return counter[0]
+                return _greenlets_searching(bridge.run, store, queries, users, stop_at)
         return _measure(body, seconds)
 
     assert mode == "hub-loop", mode
-    import _socket
     import asyncio
-    import types
 
     import gevent.hub
-    from grpc._cython import cygrpc
 
-    from locust_milvus.runtime.bridge import _NativeThread
+    from locust_milvus.runtime.bridge import AsyncBridge
 
     loop = asyncio.SelectorEventLoop()  # gevent's patched selector: select() waits cooperatively on the hub
     hub = gevent.get_hub()
@@ -147,16 +151,7 @@ def child(mode: str, uri: str, seconds: float, users: int) -> dict:
         waiter.get()
         return task.result()
 
-    async def init() -> None:
-        saved = cygrpc.threading, cygrpc.socket
-        cygrpc.threading = types.SimpleNamespace(Thread=_NativeThread)
-        cygrpc.socket = types.SimpleNamespace(socketpair=_socket.socketpair)
-        try:
-            cygrpc.init_grpc_aio()
-        finally:
-            cygrpc.threading, cygrpc.socket = saved
-
-    run(init())
+    run(AsyncBridge._init_grpc_aio())  # grpc.aio's poller as a native thread, as the bridge starts it
 
     async def build():
         return _store(uri)
@@ -164,20 +159,7 @@ def child(mode: str, uri: str, seconds: float, users: int) -> dict:
     store = run(build())
     run(store.asimilarity_search("warm up", k=3))
 
-    def body(stop_at: float) -> int:
-        counter = [0]
-
-        def user() -> None:
-            rng = random.Random()
-            while time.perf_counter() < stop_at:
-                docs = run(store.asimilarity_search(rng.choice(queries), k=3))
-                assert len(docs) == 3
-                counter[0] += 1
-
-        gevent.joinall([gevent.spawn(user) for _ in range(users)], raise_error=True)
-        return counter[0]
-
-    return _measure(body, seconds)
+    return _measure(lambda stop_at: _greenlets_searching(run, store, queries, users, stop_at), seconds)
 
 
 MODES = ("plain", "loop-only", "bridge", "hub-loop", "locust-bare", "AsyncMilvusUser")
