@@ -58,11 +58,8 @@ def _finding(kind: str, severity: str, text: str, **evidence) -> dict:
     return {"kind": kind, "severity": severity, "text": text, "evidence": evidence}
 
 
-def _share_above(row: dict, ms: float) -> float:
-    """The share of a row's requests slower than ``ms`` (from its HdrHistogram)."""
-    if not row.get("histogram"):
-        return 0.0
-    h = decode(row["histogram"])
+def _share_above(h, ms: float) -> float:
+    """The share of a histogram's requests slower than ``ms``."""
     total = h.get_total_count()
     if not total:
         return 0.0
@@ -83,9 +80,10 @@ def _consistency_waits(summary: dict) -> list[dict]:
     for r in rows:
         if not _SEARCH.search(r["name"]) or not r["count"] or r.get("p50_ms") is None or not r.get("histogram"):
             continue
-        fast_ms = decode(r["histogram"]).get_value_at_percentile(FAST_PERCENTILE) / 1000
+        h = decode(r["histogram"])
+        fast_ms = h.get_value_at_percentile(FAST_PERCENTILE) / 1000
         threshold = max(SLOW_MS, SLOW_TIMES_FAST * fast_ms)
-        share = _share_above(r, threshold)
+        share = _share_above(h, threshold)
         if share >= SLOW_SHARE:
             slow.setdefault(r["name"], []).append({"mode": r["mode"], "slow_share": round(share, 4),
                                                    "slow_above_ms": round(threshold, 3),
