@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from locust_milvus.capacity import steps, usl
+from locust_milvus.capacity import answer, steps, usl
 from locust_milvus.capacity.plan import CLIENT, MAX_STEPS, PASS, SERVER, USERS, Sweep, Verdict, check, judge
 from locust_milvus.config.settings import UsageError
 from locust_milvus.report import gates
@@ -88,6 +88,50 @@ def test_a_sweep_ends_without_capacity_on_the_client_side_the_first_step_or_time
     timed.next_step()  # cut short by the end of the run: not judged, not kept
     timed.out_of_time()
     assert timed.ended == "time" and [s.index for s in timed.steps] == [1]
+
+
+def test_a_refinement_the_client_cannot_drive_keeps_the_bracket_the_ramp_found():
+    sweep = Sweep(plan(factor=2.0, refinements=2))
+    scales = []
+    while (step := sweep.next_step()) is not None:  # 1, 2, 4 pass, 8 fails on the server; 6 is client-bound
+        scales.append(step.scale)
+        if step.phase == "refine":
+            sweep.record(Verdict(CLIENT, ["client-bound: the generator started requests late"]))
+        else:
+            sweep.record(Verdict(PASS, []) if step.scale <= 4 else Verdict(SERVER, ["search (sync) p99 80 ms"]))
+    assert scales == [1.0, 2.0, 4.0, 8.0, 6.0]
+    assert sweep.ended == "found" and sweep.good == 4.0 and sweep.bad == 8.0 and sweep.cut_short.index == 5
+    assert sweep.limiting_step.scale == 8.0  # Milvus's failure, not the client's
+    ramp_client = Sweep(plan(factor=2.0))  # on the ramp there is no server-side bracket yet: no capacity
+    assert _run(ramp_client, limit=100.0, client_at=2.0) == [1.0, 2.0] and ramp_client.ended == "client"
+
+
+def _figures(p: object, step) -> dict:
+    planned = {name: value * step.scale for name, value in p.rates.items()}
+    rows = [{"name": name, "mode": "async", "count": int(v * 5), "fail_ratio": 0.0, "p50_ms": 5.0, "p95_ms": 9.0,
+             "p99_ms": 12.0} for name, v in planned.items()]
+    return {"planned": planned, "achieved": planned, "offered_rps": sum(planned.values()),
+            "throughput_rps": sum(planned.values()), "concurrency": step.scale, "rows": rows, "corrected_rows": rows,
+            "pacing": {}, "health": {}}
+
+
+def test_the_answer_of_a_cut_short_refinement_gives_the_ramps_capacity_and_says_why_it_is_coarse():
+    p = plan(factor=2.0, refinements=2, rates={"search": 100.0})
+    sweep = Sweep(p)
+    while (step := sweep.next_step()) is not None:
+        step.figures = _figures(p, step)
+        if step.phase == "refine":
+            sweep.record(Verdict(CLIENT, ["client-bound: the generator started requests late"]))
+        else:
+            broke = Verdict(SERVER, ["search (async) p99 80 ms > 50 ms"])
+            sweep.record(Verdict(PASS, []) if step.scale <= 4 else broke)
+    result = answer.build(p, sweep)
+    assert result["found"] and result["rates"] == {"search": 400.0}
+    assert result["limited_by"] == "search (async) p99 80 ms > 50 ms"
+    assert result["refinement_cut_short_at_step"] == 5
+    assert result["line"] == ("capacity: search=400/s at search p99<=50ms (step 3 of 5; limited by: search (async) "
+                              "p99 80 ms > 50 ms); refinement stopped at step 5, search=600/s: client-bound, add "
+                              "workers to narrow it")
 
 
 def _rows(p99_ms: float, fail_ratio: float = 0.0) -> list[dict]:

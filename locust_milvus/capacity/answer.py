@@ -85,12 +85,16 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
     best = max(good, key=lambda s: s.scale) if good else None
     limiting = sweep.limiting_step
     slo = plan.slo_text()
-    held = {name: value * best.scale for name, value in plan.rates.items()} if best else {}
+    held = _scaled(plan, best.scale) if best else {}
     of = f"of {len(judged)}"
     found = sweep.ended == "found"
     if found:
         limit = "; ".join(limiting.verdict.reasons) if limiting else "?"
         line = f"capacity: {rates_text(held)} at {slo} (step {best.index} {of}; limited by: {limit})"
+        if sweep.cut_short is not None:
+            cut = sweep.cut_short
+            line += (f"; refinement stopped at step {cut.index}, {rates_text(_scaled(plan, cut.scale))}: "
+                     f"client-bound, {_more(cut)} to narrow it")
     elif sweep.ended == "client":
         what = ("add users (-u): each user starts a request every users/rate seconds, so a response slower than "
                 "that delays its next start" if limiting.verdict.kind == USERS else "add workers")
@@ -111,6 +115,7 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
     return {
         "found": found,
         "ended": sweep.ended,
+        "refinement_cut_short_at_step": sweep.cut_short.index if sweep.cut_short else None,
         "rates": held if found else None,
         "at_least": held if not found and held else None,
         "slo": slo,
@@ -122,6 +127,14 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
         "steps": [_step_record(plan, s) for s in judged],
         "usl": fit,
     }
+
+
+def _scaled(plan: CapacityPlan, scale: float) -> dict[str, float]:
+    return {name: value * scale for name, value in plan.rates.items()}
+
+
+def _more(step: Step) -> str:
+    return "add users (-u)" if step.verdict.kind == USERS else "add workers"
 
 
 def _step_record(plan: CapacityPlan, step: Step) -> dict:

@@ -176,6 +176,7 @@ class Sweep:
         self.bad: float | None = None  # the lowest factor that failed on the server's side
         self.refined = 0
         self.ended: str | None = None  # why the sweep ended: "found", "client", "first", "time"
+        self.cut_short: Step | None = None  # a refinement step the client could not drive (the bracket stands)
 
     def next_step(self) -> Step | None:
         """The next step to run, or None when the sweep is over (``ended`` says why)."""
@@ -207,7 +208,12 @@ class Sweep:
         if step.phase == "refine":
             self.refined += 1
         if verdict.kind in CLIENT_KINDS:
-            self.ended = "client"
+            # A refinement runs between a passed and a server-failed rate: Milvus's limit already lies in that
+            # bracket, so a client that cannot drive the midpoint ends the refinement, not the answer.
+            if step.phase == "refine" and self.good is not None and self.bad is not None:
+                self.cut_short, self.ended = step, "found"
+            else:
+                self.ended = "client"
         elif verdict.passed:
             self.good = step.scale if self.good is None else max(self.good, step.scale)
         else:
