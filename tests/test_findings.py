@@ -62,12 +62,17 @@ def test_known_failures_are_grouped_and_named():
                 failures=[{"error": "KeyError: 'doc_17'", "count": 3, "operations": []},
                           {"error": "MilvusException: (code=101, message=collection not loaded)", "count": 2,
                            "operations": []},
+                          {"error": "OperationFailed('no documents returned from a collection known to be "
+                                    "non-empty')", "count": 1, "operations": []},
                           {"error": 'MilvusException: (code=2, message=Fail connecting to server on 127.0.0.1:19530) '
                                     '<- status = StatusCode.UNAVAILABLE details = "Too many pings"', "count": 1,
                            "operations": []}],
                 versions={"langchain_milvus": "0.4.0"})
     kinds = {f["kind"]: f for f in findings.find(s)}
-    assert set(kinds) == {"upstream_mmr_race", "collection_not_loaded", "keepalive_refused"}
+    assert set(kinds) == {"upstream_mmr_race", "collection_not_loaded", "keepalive_refused", "missed_documents"}
+    missed = kinds["missed_documents"]
+    assert missed["severity"] == "warning" and "1 failed requests" in missed["text"]
+    assert "issues/15524" in missed["text"]
     assert "1 failed requests" in kinds["keepalive_refused"]["text"] and "not the server's load" in \
         kinds["keepalive_refused"]["text"]
     assert "3 failed requests" in kinds["upstream_mmr_race"]["text"]

@@ -124,10 +124,20 @@ _KNOWN = (
      "on an idle channel, came more often than the server's gRPC policy allows. Milvus itself permits one per "
      "5 s; a Milvus Lite server keeps gRPC's default of one per 5 minutes. A transport policy mismatch, not the "
      "server's load."),
+    (re.compile(r"known to be non-empty", re.I), "missed_documents",
+     "Milvus answered a search with no documents although documents that this process had added, and Milvus had "
+     "acknowledged, before the search began were not yet deleted; at Session or Strong consistency the search "
+     "must see them. A read anomaly of the server, not a client failure: a search that coincides with a "
+     "compaction or a segment handoff may miss a segment (https://github.com/milvus-io/milvus/issues/15524), and "
+     "deletes make compactions frequent. Only an empty answer is caught this way; a search that misses part of "
+     "its hits shows in recall (--recall)."),
     (re.compile(r"deadline|timed? ?out", re.I), "deadline",
      "These calls did not finish within --milvus-timeout: each waited that long before failing, so they also "
      "weigh on the latency percentiles."),
 )
+
+
+_WARNING_KINDS = {"upstream_mmr_race", "missed_documents"}
 
 
 def _known_failures(summary: dict) -> list[dict]:
@@ -143,7 +153,7 @@ def _known_failures(summary: dict) -> list[dict]:
     out = []
     for kind, g in grouped.items():
         text = g["text"].format(langchain_milvus=versions.get("langchain_milvus") or "?")
-        out.append(_finding(kind, "warning" if kind == "upstream_mmr_race" else "info",
+        out.append(_finding(kind, "warning" if kind in _WARNING_KINDS else "info",
                             f"{g['count']} failed requests: {text}", count=g["count"], errors=g["errors"][:5]))
     return out
 
