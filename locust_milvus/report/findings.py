@@ -101,8 +101,10 @@ def _consistency_waits(summary: dict) -> list[dict]:
             f"{name}: a slow mode ({figures}). At {level} consistency a search waits for {wait} "
             f"({', '.join(writes)} ran in this test): that slow mode is a consistency wait, not search work. To "
             "measure search alone use --consistency-level Bounded; if your service reads its own writes at "
-            f"{level}, the wait is real for it, and a separate reader client (one that does not write) does not "
-            "wait.", operation=name, consistency_level=level, writes=writes, modes=modes,
+            f"{level}, the wait is real for it; reads from a process that does not write do not wait (pymilvus "
+            "keeps the last write's timestamp per process, for every client there of that server and collection, "
+            "so a second client in the writing process waits too).",
+            operation=name, consistency_level=level, writes=writes, modes=modes,
             slow_share=max(m["slow_share"] for m in modes)))
     return out
 

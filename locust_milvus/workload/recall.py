@@ -103,9 +103,12 @@ class GroundTruth:
                strong: bool = False) -> float | None:
         """|returned ∩ exact top k| / (k minus returned documents that cannot be judged); None: nothing to judge.
 
-        Session consistency is per client: the sync users share one pymilvus client and the async users another,
-        and a search is sure to see only its own client's acknowledged writes (and set-up's, flushed before the
-        load). Unless the level is Strong, the other client's recent writes are ambiguous too.
+        At Session consistency a search is judged only on its own client's acknowledged writes (the sync users
+        share one pymilvus client and the async users another) and set-up's, flushed before the load; unless the
+        level is Strong, the other client's recent writes are left ambiguous. That is stricter than needed with
+        pymilvus 3.0.2, whose Session timestamp is one per process (client/cache.py, GlobalCache.collection_ts,
+        shared by every client of a server and collection), but it costs only judged documents, never a wrong
+        verdict, and holds for any client library that keeps it per client.
         """
         query = np.asarray(query, dtype=np.float32)
         visible = start.mask & (self.changed[: len(start.mask)] <= start.clock)  # not changed while it ran

@@ -91,7 +91,7 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
         if call is None:
             gevent.sleep(SKIP_PAUSE_S)
             return
-        call.mode = 1  # the sync store's client (recall.py: Session consistency is per client)
+        call.mode = 1  # the sync store's client (recall.py: whose writes a search is judged on)
         method, extra = _bound(self, op, True)
         try:
             result, start, elapsed, exc, embeds = call_shielded(_timed_sync, method, call.kwargs, extra, op.name)
