@@ -141,6 +141,9 @@ def _source(settings) -> DocSource:
 
 
 rows_at_start: int | None = None  # the collection's rows once set-up is done (the report's workload)
+# (rows,) once counted at quitting, just before this process stops its embedded Milvus: the report is written after
+# that, when the server no longer answers (every README main job had "rows at end" empty).
+rows_at_quitting: tuple[int | None] | None = None
 
 
 def _prepare(settings) -> IdLedger:
@@ -301,4 +304,10 @@ def on_quitting(environment, **_kwargs) -> None:
         # closed just below, and their failures would land in the report.
         runner.stop()
     close_bridge()
+    if _server is not None:
+        global rows_at_quitting
+        try:
+            rows_at_quitting = (count_rows(settings_from(environment)),)
+        except ConfigError:
+            rows_at_quitting = (None,)
     _stop_embedded()

@@ -3,6 +3,7 @@ Ctrl-C and SIGKILL, and ``--processes`` (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -88,8 +89,8 @@ def test_processes_fork_after_import(milvus, collection, tmp_path):
 def test_embedded_default_run_writes_its_report_and_cleans_up(tmp_path):
     report = tmp_path / "report.html"
     # The embedded Milvus has no authentication and ignores the token; it must still never be printed.
-    result = run_locust("--headless", "-u", "4", "-r", "4", "-t", "5s", "--html", str(report),
-                        env={"LOCUST_MILVUS_TOKEN": "s3cret-token"})
+    result = run_locust("--headless", "-u", "4", "-r", "4", "-t", "5s", "--html", str(report), "--reports-dir",
+                        str(tmp_path / "reports"), env={"LOCUST_MILVUS_TOKEN": "s3cret-token"})
     assert result.returncode == 0, result.output[-3000:]
     assert "Traceback" not in result.output
     assert "s3cret-token" not in result.output and "s3cret-token" not in report.read_text()
@@ -97,6 +98,10 @@ def test_embedded_default_run_writes_its_report_and_cleans_up(tmp_path):
     assert uri.startswith("http://127.0.0.1:")
     assert report.exists() and "langchain-sync" in report.read_text()
     assert not alive(int(pid)) and not Path(data).exists()
+    # The report is written after the embedded Milvus has stopped: its rows at the end were counted before that.
+    [summary] = (tmp_path / "reports").glob("*/summary.json")
+    workload = json.loads(summary.read_text())["workload"]
+    assert workload["rows_at_start"] == 1000 and workload["rows_at_end"] > 0, workload
 
 
 def _start_embedded_run(tmp_path):

@@ -228,7 +228,9 @@ def _write(environment, test: _Test) -> None:
     # Rows at start: counted by set-up, before the monitor measures the hub; at the end: now, with the users stopped
     # (a new client's connect waits on a gRPC future, which would count as hub lag while users run).
     lifecycle = sys.modules.get("locust_milvus.lifecycle")
-    data["workload"] = describe.workload(o, getattr(lifecycle, "rows_at_start", None), _count_rows(environment))
+    counted = getattr(lifecycle, "rows_at_quitting", None)  # an embedded Milvus stopped before this write
+    rows_at_end = counted[0] if counted is not None else _count_rows(environment)
+    data["workload"] = describe.workload(o, getattr(lifecycle, "rows_at_start", None), rows_at_end)
     data["workload"]["user_classes"] = data["user_classes"]
     data["workload"]["milvus_kwargs"] = describe.own_store(environment.user_classes)
     if test.scraper is not None:
