@@ -93,12 +93,18 @@ def verify(settings: Settings, ledger: IdLedger) -> Verdict:
 
 def count_rows(settings: Settings, timeout: float = 5.0) -> int | None:
     """The collection's row count (count(*) at Strong consistency), for the report's workload; None when Milvus
-    does not answer within ``timeout`` (after an outage, say): the report goes on without it."""
+    does not answer within ``timeout`` (after an outage, say): the report goes on without it. At a stop it waits
+    no longer than the time left before the margin kept for the report."""
+    try:
+        timeout = _timeout(timeout)
+    except _OutOfTime:
+        return None
     try:
         client = MilvusClient(**connection_args(settings), timeout=timeout)
     except Exception:  # noqa: BLE001
         return None
     try:
+        timeout = _timeout(timeout)  # the query's wait: what the connect left (_OutOfTime: no count)
         [counted] = client.query(settings.collection, filter="", output_fields=["count(*)"],
                                  consistency_level="Strong", timeout=timeout)
         return int(counted["count(*)"])
