@@ -96,9 +96,9 @@ def build(plan: CapacityPlan, sweep: Sweep) -> dict:
             line += (f"; refinement stopped at step {cut.index}, {rates_text(_scaled(plan, cut.scale))}: "
                      f"client-bound, {_more(cut)} to narrow it")
     elif sweep.ended == "client":
-        what = ("add users (-u): each user starts a request every users/rate seconds, so a response slower than "
-                "that delays its next start" if limiting.verdict.kind == USERS else "add workers")
-        limit = f"client-bound; {what}"
+        why = (": each user starts a request every users/rate seconds, so a response slower than that delays its "
+               "next start" if limiting.verdict.kind == USERS else "")
+        limit = f"client-bound; {_more(limiting)}{why}"
         at_least = f"; Milvus held at least {rates_text(held)} at {slo}" if best else ""
         line = (f"capacity: not found: {limit} (step {limiting.index} {of}: "
                 f"{'; '.join(limiting.verdict.reasons)}){at_least}")
@@ -134,6 +134,7 @@ def _scaled(plan: CapacityPlan, scale: float) -> dict[str, float]:
 
 
 def _more(step: Step) -> str:
+    """What a step limited by the client asks for."""
     return "add users (-u)" if step.verdict.kind == USERS else "add workers"
 
 

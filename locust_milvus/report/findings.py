@@ -109,53 +109,50 @@ def _consistency_waits(summary: dict) -> list[dict]:
     return out
 
 
-# Failures whose cause is known and is not the server's load: (pattern, kind, explanation).
+# Failures whose cause is known and is not the server's load: (pattern, kind, severity, explanation).
 _KNOWN = (
-    (re.compile(r"KeyError", re.I), "upstream_mmr_race",
+    (re.compile(r"KeyError", re.I), "upstream_mmr_race", "warning",
      "langchain-milvus's max_marginal_relevance_search looks up the vectors of its hits in a second query; a hit "
      "deleted between the search and that query raises KeyError. An upstream race between MMR and concurrent "
      "deletes in the client library (langchain-milvus {langchain_milvus}), not a Milvus failure."),
-    (re.compile(r"collection not loaded|code=101", re.I), "collection_not_loaded",
+    (re.compile(r"collection not loaded|code=101", re.I), "collection_not_loaded", "info",
      "Milvus refused requests while the collection was not loaded (code 101): after a restart Milvus reloads it, "
      "and until then searches fail. The server's doing, not the load's."),
-    (re.compile(r"rate limit|code=8\b", re.I), "rate_limited",
+    (re.compile(r"rate limit|code=8\b", re.I), "rate_limited", "info",
      "Milvus's rate limiter refused these requests (code 8): the server's quotas, not its capacity "
      "(--milvus-retry-rate-limit lets pymilvus retry them inside the deadline)."),
-    (re.compile(r"too[ _]many[ _]pings", re.I), "keepalive_refused",
+    (re.compile(r"too[ _]many[ _]pings", re.I), "keepalive_refused", "info",
      "The server closed the connection (GOAWAY too_many_pings) because pymilvus's keepalive pings, one per 10 s "
      "on an idle channel, came more often than the server's gRPC policy allows. Milvus itself permits one per "
      "5 s; a Milvus Lite server keeps gRPC's default of one per 5 minutes. A transport policy mismatch, not the "
      "server's load."),
-    (re.compile(r"known to be non-empty", re.I), "missed_documents",
+    (re.compile(r"known to be non-empty", re.I), "missed_documents", "warning",
      "Milvus answered a search with no documents although documents that this process had added, and Milvus had "
      "acknowledged, before the search began were not yet deleted; at Session or Strong consistency the search "
      "must see them. A read anomaly of the server, not a client failure: a search that coincides with a "
      "compaction or a segment handoff may miss a segment (https://github.com/milvus-io/milvus/issues/15524), and "
      "deletes make compactions frequent. Only an empty answer is caught this way; a search that misses part of "
      "its hits shows in recall (--recall)."),
-    (re.compile(r"deadline|timed? ?out", re.I), "deadline",
+    (re.compile(r"deadline|timed? ?out", re.I), "deadline", "info",
      "These calls did not finish within --milvus-timeout: each waited that long before failing, so they also "
      "weigh on the latency percentiles."),
 )
-
-
-_WARNING_KINDS = {"upstream_mmr_race", "missed_documents"}
 
 
 def _known_failures(summary: dict) -> list[dict]:
     versions = summary.get("versions") or {}
     grouped: dict[str, dict] = {}
     for failure in summary.get("failures", ()):
-        for pattern, kind, text in _KNOWN:
+        for pattern, kind, severity, text in _KNOWN:
             if pattern.search(failure["error"]):
-                g = grouped.setdefault(kind, {"count": 0, "errors": [], "text": text})
+                g = grouped.setdefault(kind, {"count": 0, "errors": [], "text": text, "severity": severity})
                 g["count"] += failure["count"]
                 g["errors"].append(failure["error"])
                 break
     out = []
     for kind, g in grouped.items():
         text = g["text"].format(langchain_milvus=versions.get("langchain_milvus") or "?")
-        out.append(_finding(kind, "warning" if kind in _WARNING_KINDS else "info",
+        out.append(_finding(kind, g["severity"],
                             f"{g['count']} failed requests: {text}", count=g["count"], errors=g["errors"][:5]))
     return out
 

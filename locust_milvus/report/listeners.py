@@ -226,9 +226,10 @@ def _write(environment, test: _Test) -> None:
     store = sys.modules.get("locust_milvus.milvus.store")  # loaded by set-up; None if set-up never ran
     data["versions"] = describe.versions(getattr(store, "server_version", None))
     # Rows at start: counted by set-up, before the monitor measures the hub; at the end: now, with the users stopped
-    # (a new client's connect waits on a gRPC future, which would count as hub lag while users run).
+    # (a new client's connect waits on a gRPC future, which would count as hub lag while users run), or, when this
+    # process stopped its embedded Milvus before writing, as lifecycle counted them just before that.
     lifecycle = sys.modules.get("locust_milvus.lifecycle")
-    counted = getattr(lifecycle, "rows_at_quitting", None)  # an embedded Milvus stopped before this write
+    counted = getattr(lifecycle, "rows_at_quitting", None)
     rows_at_end = counted[0] if counted is not None else _count_rows(environment)
     data["workload"] = describe.workload(o, getattr(lifecycle, "rows_at_start", None), rows_at_end)
     data["workload"]["user_classes"] = data["user_classes"]
