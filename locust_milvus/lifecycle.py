@@ -32,7 +32,7 @@ from locust_milvus.milvus.verify import count_rows, verify
 from locust_milvus.run_verdict import verdicts
 from locust_milvus.runtime import quiet_logs, shutdown
 from locust_milvus.runtime.bridge import close_bridge, get_bridge
-from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
+from locust_milvus.runtime.grpc_gevent import abandoned_calls, make_grpc_cooperative
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import calls_in_flight
 from locust_milvus.workload import pacing
@@ -282,9 +282,9 @@ def on_test_stop(environment, **_kwargs) -> None:
             verdicts.check_master(environment, lambda: verify(settings, ledger))
         return
     monitor.stop()
-    if abandoned := calls_in_flight():
-        logger.info("locust-milvus: %d sync call(s) cut off at stop are still running in their own greenlets; they "
-                    "end within --milvus-timeout, unobserved", abandoned)
+    if abandoned := calls_in_flight() + abandoned_calls():
+        logger.info("locust-milvus: %d sync call(s) cut off at stop are still running; they end within "
+                    "--milvus-timeout, unobserved", abandoned)
     if _state is not None and _state.settings.target_rps:
         pacing.log_if_not_met(_state.settings.target_rps)
     # Users are stopped by now (test_stop fires after they are killed): the ledger is final. The verdict is the

@@ -1,4 +1,8 @@
-"""Sync gRPC calls that a stop cannot corrupt, and enough native threads for every one of them.
+"""Sync work that a stop cannot corrupt, and enough native threads for every gRPC call in it.
+
+Used for your own ``LangChainUser`` tasks (which may wait anywhere), for clean-up that must run at a stop, and
+for every sync call when gRPC's waits could not be moved to the hub (runtime/grpc_gevent.py, which makes the
+built-in sync calls safe without a greenlet each). What follows is why it exists.
 
 **A stop never reaches into gRPC.** Locust stops a user by killing its greenlet: ``GreenletExit`` is thrown
 wherever the greenlet waits. A sync pymilvus call waits inside gRPC's Python code (``grpc/_channel.py``,

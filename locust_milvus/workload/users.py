@@ -20,6 +20,7 @@ from time import perf_counter
 import gevent
 
 from locust_milvus.runtime.bridge import BridgeClosed, get_bridge
+from locust_milvus.runtime.grpc_gevent import hub_waits
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
 from locust_milvus.workload.base import AsyncLangChainUser, LangChainUser, RunUser
@@ -72,8 +73,9 @@ class _OperationMix(RunUser):
     def operate(self) -> None:
         _operate(self)
 
-    # SyncMilvusUser shields each call itself, so that a call cut off by a stop is accounted for (its ids marked
-    # unknown in the ledger at once); LangChainUser leaves a task marked so as it is.
+    # SyncMilvusUser makes each call stop-safe itself (gRPC's waits on the hub, or a greenlet of its own), so that a
+    # call cut off by a stop is accounted for (its ids marked unknown in the ledger at once); LangChainUser leaves
+    # a task marked so as it is.
     operate.shielded = True
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
@@ -81,9 +83,9 @@ class _OperationMix(RunUser):
 
 
 class SyncMilvusUser(_OperationMix, LangChainUser):
-    """Calls LangChain's sync methods; gRPC is made gevent-cooperative (grpc_gevent.py), so N users have N calls
-    in flight. Each call runs in a greenlet of its own (shield.py): stopping the user abandons the wait, never
-    the call, so a stop cannot corrupt gRPC's locks."""
+    """Calls LangChain's sync methods; gRPC is made gevent-cooperative and waits on the hub (grpc_gevent.py), so N
+    users have N calls in flight. Stopping the user abandons the wait, never the call, so a stop cannot corrupt
+    gRPC's locks."""
 
     def execute(self, op: Operation, planned: float | None = None) -> None:
         state = self.state
@@ -94,7 +96,12 @@ class SyncMilvusUser(_OperationMix, LangChainUser):
         call.mode = 1  # the sync store's client (recall.py: whose writes a search is judged on)
         method, extra = _bound(self, op, True)
         try:
-            result, start, elapsed, exc, embeds = call_shielded(_timed_sync, method, call.kwargs, extra, op.name)
+            # gRPC's waits are on the hub (grpc_gevent.py): a stop's kill interrupts a plain gevent wait and the
+            # call goes on in gRPC, so the call needs no greenlet of its own; without them it does (shield.py).
+            if hub_waits():
+                result, start, elapsed, exc, embeds = _timed_sync(method, call.kwargs, extra, op.name)
+            else:
+                result, start, elapsed, exc, embeds = call_shielded(_timed_sync, method, call.kwargs, extra, op.name)
         except BaseException:  # GreenletExit: the user was stopped mid-call; the call goes on, its outcome unknown
             _cancelled(state, op, [call], SYNC)
             raise
@@ -119,8 +126,8 @@ def _bound(user, op: Operation, sync: bool) -> tuple:
 
 
 def _timed_sync(method, kwargs: dict, extra: dict, name: str):
-    """One sync call, timed around the call alone; runs in its own greenlet (shield.py), so that the embedding
-    calls collected here are this call's only."""
+    """One sync call, timed around the call alone, in the user's greenlet (or one of its own, shield.py): the
+    embedding calls collected here are this call's only."""
     monitor.enter(SYNC, name)
     embeds, token = collect_embedding_calls()
     start = perf_counter()
