@@ -6,12 +6,12 @@
 One task, timed with perf_counter, one request event:
 
 - async: ``asimilarity_search`` (k=3, the offline embedding) handed to the async bridge;
-- sync: ``similarity_search`` called in the task itself, as contrib's users call pymilvus (sync gRPC made
-  gevent-cooperative, gevent's hub pool left at its 10 threads; no greenlet of its own per call).
+- sync: ``similarity_search`` called in the task itself, as contrib's users call pymilvus, with sync gRPC made
+  gevent-cooperative as locust-milvus makes it (runtime/grpc_gevent.py: every call waits on the hub).
 
-None of our users' machinery (operations table, pacing, ledger, recall, health, the report's listeners, and for the
-sync user its call in a greenlet of its own with the pool grown): against contrib's raw pymilvus it shows what
-LangChain costs, and against our users what our machinery costs.
+None of our users' machinery (operations table, pacing, ledger, recall, health, the report's listeners): against
+contrib's raw pymilvus it shows what LangChain (and, for sync calls, waiting on the hub) costs or saves, and against
+our users what our machinery costs.
 """
 
 from locust import User, events, task
