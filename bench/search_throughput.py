@@ -223,8 +223,8 @@ def main() -> int:
                      f"process CPU per hop {b['cpu_per_hop_us']:.1f} µs")
     inst = probed["instrumentation"]
     lines += [
-        f"- sync path's hop (a call in a greenlet of its own, waited for): {probed['shield_cpu_per_call_us']:.1f} µs "
-        "of CPU per call",
+        f"- shielded hop (a call in a greenlet of its own, waited for: your own sync tasks, and every sync call if "
+        f"gRPC's waits cannot be moved to the hub): {probed['shield_cpu_per_call_us']:.1f} µs of CPU per call",
         f"- instrumentation (monitor, HDR recording, capacity windows; recall off): {inst['ours_us']:.1f} µs per "
         f"request, of which Locust's event dispatch {inst['dispatch_only_us']:.1f} µs",
         "",
