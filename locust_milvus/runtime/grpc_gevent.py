@@ -62,6 +62,8 @@ def make_grpc_cooperative() -> bool:
 
     grpc_gevent.init_gevent()
     install_hub_waits()
+    global _hub_thread
+    _hub_thread = _thread_id()  # again in a forked worker (locust --processes): the thread that runs its hub
     _done_in_pid = os.getpid()
     return True
 
