@@ -8,6 +8,9 @@ test_locust_runs.py and test_stop_stress.py.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 
 import gevent
@@ -15,6 +18,8 @@ import grpc
 import pytest
 
 from locust_milvus.runtime import grpc_gevent
+
+from .conftest import ROOT, child_env
 
 
 @pytest.fixture
@@ -122,3 +127,26 @@ def test_a_future_waited_with_a_timeout_raises_gRPCs_timeout_error_and_keeps_the
     assert future.exception().code() is grpc.StatusCode.DEADLINE_EXCEEDED
     with pytest.raises(grpc.RpcError):
         future.result()
+
+
+def test_an_unexpected_grpcio_leaves_grpc_unpatched_says_so_and_sync_calls_stay_cooperative(tmp_path):
+    # In a process of its own: the patch is for the life of a process.
+    script = tmp_path / "unexpected_grpcio.py"
+    script.write_text(textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        from grpc import _channel
+        del _channel._MultiThreadedRendezvous.exception  # a grpcio release that renamed it
+        from locust_milvus.runtime import grpc_gevent
+        assert grpc_gevent.make_grpc_cooperative()  # init_gevent still makes gRPC cooperative
+        assert not grpc_gevent.hub_waits()
+        assert _channel._UnaryUnaryMultiCallable.__call__.__module__ == "grpc._channel"  # nothing was patched
+        print("unpatched")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "unpatched" in proc.stdout
+    assert "this grpcio's internals are not as expected" in proc.stderr

@@ -125,9 +125,10 @@ def install_hub_waits() -> bool:
         from grpc import _channel
 
         callable_cls, rendezvous_cls = _channel._UnaryUnaryMultiCallable, _channel._MultiThreadedRendezvous
-        call, result, exception = callable_cls.future, rendezvous_cls.result, rendezvous_cls.exception
-        plain_call, plain_with_call = callable_cls.__call__, callable_cls.with_call
-    except (ImportError, AttributeError) as exc:
+        # Each class's own methods (vars), not the abstract ones of grpc's interfaces that a rename would leave.
+        call, plain_call, plain_with_call = (vars(callable_cls)[name] for name in ("future", "__call__", "with_call"))
+        result, exception = (vars(rendezvous_cls)[name] for name in ("result", "exception"))
+    except (ImportError, AttributeError, KeyError) as exc:
         logger.warning("locust-milvus: this grpcio's internals are not as expected (%s); sync calls each hold a "
                        "thread of gevent's pool instead, which costs more CPU per call", exc)
         return False
