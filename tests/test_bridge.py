@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import subprocess
+import sys
 import time
 
 import gevent
 import pytest
 
 from locust_milvus.runtime.bridge import get_bridge
+
+from .conftest import ROOT, child_env
 
 
 def test_result_comes_back():
@@ -160,3 +165,37 @@ def test_one_killed_wait_does_not_lose_the_others_that_finish_with_it():
 def test_something_not_a_coroutine_is_refused_and_nothing_hangs():
     with gevent.Timeout(5), pytest.raises(TypeError):
         get_bridge().run(object())
+
+
+_GRPC_AIO_ENDS_AFTER_THE_LOOP = """
+from gevent import monkey; monkey.patch_all()
+import gc, json, grpc
+from grpc._cython import cygrpc
+from locust_milvus.runtime import bridge
+
+given_back = []
+real_shutdown = cygrpc.shutdown_grpc_aio
+def spy():  # the bridge's own reference given back: was its loop still running?
+    given_back.append({"loop_thread_ended": bridge._bridge._stopped, "loop_closed": bridge._bridge.loop.is_closed()})
+    real_shutdown()
+cygrpc.shutdown_grpc_aio = spy
+
+async def open_channel():
+    return grpc.aio.insecure_channel("127.0.0.1:9")
+held = bridge.get_bridge().run(open_channel())  # a channel the hub's thread holds, as a user's client does
+bridge.close_bridge()
+del held  # its reference, given back on the hub's thread after the bridge closed
+gc.collect()
+print(json.dumps(given_back))
+"""
+
+
+def test_grpc_aio_is_given_back_only_after_the_loop_has_ended():
+    # bridge.py, trap 6: whoever gives back grpc.aio's last reference shuts its poller down on their own thread.
+    # The bridge gave its reference back on the loop while a channel still lived; that channel, freed later on
+    # the hub's thread while the loop still ran, then closed the poller's socket under the loop (EBADF logged).
+    proc = subprocess.run([sys.executable, "-c", _GRPC_AIO_ENDS_AFTER_THE_LOOP], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=child_env(None))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [{"loop_thread_ended": True, "loop_closed": True}]
+    assert "Traceback" not in proc.stderr and "Exception in callback" not in proc.stderr, proc.stderr[-2000:]

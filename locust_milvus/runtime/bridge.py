@@ -20,6 +20,15 @@ The traps this module handles (each one met and measured on this project's 2-cor
    through this one loop, so it is that loop.
 4. Initialising grpc.aio and then forking (``locust --processes``) aborts the child in gRPC's fork handlers.
    Nothing here runs at import; the bridge starts lazily in the process that uses it, after the fork.
+6. grpc.aio is reference-counted: ``init_grpc_aio`` and every channel take a reference, ``shutdown_grpc_aio``
+   and every channel's deallocation give one back, and whichever gives back the last one shuts the completion
+   queue down on its own thread: it removes the poller's reader from our loop and closes the poller's sockets.
+   A channel a user held and freed on the hub's thread while the loop still ran did exactly that, across
+   threads: the loop thread, woken by the poller, read a socket closed under it and logged
+   ``OSError: [Errno 9] Bad file descriptor`` from ``PollerCompletionQueue._handle_events`` at the end of a
+   run (seen once in a full run of the test suite, in CI). The bridge keeps its own reference until its loop
+   thread has ended, so the last reference is given back with the loop closed, where removing a reader does
+   nothing.
 """
 
 from __future__ import annotations
@@ -187,7 +196,7 @@ async def _close_pymilvus_connections() -> None:
     the manager's registry. Each grpc.aio channel object holds a reference to grpc.aio until it is freed, so its
     poller (a native thread, trap 1) outlived the bridge and still ran in the interpreter's finalisation, which
     printed an empty "Error in sys.excepthook" at the exit of the test session. Emptying the registry frees the
-    channels; the poller then ends with our own reference (``shutdown_grpc_aio`` below).
+    channels; the poller then ends with our own reference, given back once the loop has ended (trap 6).
     """
     try:
         from pymilvus.client.connection_manager import AsyncConnectionManager
@@ -233,8 +242,10 @@ class AsyncBridge:
         self._hub = None
         self._watcher = None
         self._waiting = 0  # greenlets waiting in run(): the watcher is referenced while there are any
+        self._holds_grpc_aio = False  # our own init_grpc_aio's reference (trap 6)
         _start_native_thread(self._run_loop, ())
         self.run(self._init_grpc_aio())
+        self._holds_grpc_aio = True
 
     def _run_loop(self) -> None:
         self._thread_ident = _get_native_ident()
@@ -400,9 +411,6 @@ class AsyncBridge:
                 await _close_pymilvus_connections()
             except Exception as exc:  # noqa: BLE001 - as for the closers: say what did not close, go on closing
                 logger.warning("async bridge: closing pymilvus's connections failed: %r", exc)
-            from grpc._cython import cygrpc
-
-            cygrpc.shutdown_grpc_aio()  # our own init_grpc_aio's reference (clients' channels hold theirs)
 
         try:
             with gevent.Timeout(timeout):
@@ -413,10 +421,18 @@ class AsyncBridge:
         deadline = time.monotonic() + timeout
         while not self._stopped and time.monotonic() < deadline:
             gevent.sleep(0.01)
-        if self._watcher is not None and self._stopped:  # nothing sends to it any more
+        if not self._stopped:
+            logger.warning("async bridge: the loop thread did not end in %.0f s; grpc.aio is left running", timeout)
+            return
+        if self._watcher is not None:  # nothing sends to it any more
             self._watcher.stop()
             self._watcher.close()
             self._watcher = self._hub = None
+        if self._holds_grpc_aio:  # trap 6: the loop is closed, so whoever ends grpc.aio now touches no live loop
+            self._holds_grpc_aio = False
+            from grpc._cython import cygrpc
+
+            cygrpc.shutdown_grpc_aio()
 
 
 class BridgeClosed(RuntimeError):
