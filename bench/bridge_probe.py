@@ -4,7 +4,9 @@
 
 - the async bridge's wake-up latency: from a coroutine's last statement on the loop thread (a perf_counter read it
   returns) to the greenlet that waited in ``AsyncBridge.run`` running again, p50 and p99, with one hop in flight
-  and with 20 (20 greenlets, as 20 users); and the process CPU per hop (both threads) with one in flight;
+  and with 20 (20 greenlets, as 20 users), the 20 either finishing in the same turn of the loop (so that each
+  greenlet's wake-up also waits for the batch-mates woken before it) or at random points of 2 ms, as RPCs in
+  flight come back; and the process CPU per hop (both threads);
 - the sync path's hop: process CPU per ``call_shielded`` of a trivial function (the greenlet each sync call runs in);
 - our instrumentation per request, recall off: what our users run around each call (the monitor's enter/leave,
   the embedding-call collector) and the request event through our listeners only (the report's HDR recorder, the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -50,9 +53,16 @@ except ImportError:  # before it: the context manager (so that this probe measur
         manager.__exit__(None, None, None)
 
 
-async def _done_at() -> float:
-    await asyncio.sleep(0)  # a real suspension, as an RPC's await is
+async def _done_at(spread_s: float = 0.0) -> float:
+    # A real suspension, as an RPC's await is. With spread_s, the coroutine finishes at a random point of that
+    # interval, as RPCs in flight come back one by one; without, every coroutine in flight finishes in the same
+    # turn of the loop, and all of them are handed back to the hub in one batch.
+    await asyncio.sleep(random.random() * spread_s if spread_s else 0)
     return time.perf_counter()
+
+
+SPREAD_S = 0.002  # 20 coroutines finishing at random points of 2 ms: about one every 100 µs, as 20 searches of
+# about 2 ms each come back, one by one, against a Milvus that answers each in that time.
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -60,7 +70,7 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def wake_ups(hops: int, in_flight: int) -> dict:
+def wake_ups(hops: int, in_flight: int, spread_s: float = 0.0) -> dict:
     bridge = get_bridge()
     for _ in range(200):  # warm-up
         bridge.run(_done_at())
@@ -68,7 +78,7 @@ def wake_ups(hops: int, in_flight: int) -> dict:
 
     def waiter(n: int) -> None:
         for _ in range(n):
-            done = bridge.run(_done_at())
+            done = bridge.run(_done_at(spread_s))
             delays.append(time.perf_counter() - done)
 
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -131,6 +141,7 @@ def main() -> None:
     result = {
         "bridge_1": wake_ups(args.hops, 1),
         "bridge_20": wake_ups(args.hops * 2, 20),
+        "bridge_20_spread": wake_ups(args.hops * 2, 20, SPREAD_S),
         "shield_cpu_per_call_us": shield_hop(20000),
         "instrumentation": instrumentation(50000),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import subprocess
 import sys
@@ -199,3 +200,48 @@ def test_grpc_aio_is_given_back_only_after_the_loop_has_ended():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [{"loop_thread_ended": True, "loop_closed": True}]
     assert "Traceback" not in proc.stderr and "Exception in callback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_close_hands_every_waiting_greenlet_a_cancellation():
+    # Each job is handed back from inside its task (_drive), not by a done callback: a task cancelled by close()
+    # must still wake its greenlet, with the CancelledError users.py takes for a process shutting down.
+    import concurrent.futures
+
+    from locust_milvus.runtime.bridge import AsyncBridge
+
+    bridge = AsyncBridge()
+    waiters = [gevent.spawn(bridge.run, asyncio.sleep(10)) for _ in range(5)]
+    gevent.sleep(0.1)
+    bridge.close()
+    gevent.joinall(waiters, timeout=5)
+    assert all(w.ready() for w in waiters)
+    assert all(isinstance(w.exception, concurrent.futures.CancelledError) for w in waiters), \
+        [w.exception for w in waiters]
+
+
+def test_a_job_cancelled_before_its_first_step_leaves_no_coroutine_unawaited(recwarn):
+    # A greenlet killed between its task's creation and the task's first step: _drive never runs, so the bridge
+    # closes the coroutine itself (else Python warns "coroutine ... was never awaited" when it is collected).
+    from locust_milvus.runtime.bridge import _Job
+
+    bridge = get_bridge()
+    states = []
+
+    async def never():
+        states.append("started")
+
+    def on_the_loop():
+        job = _Job(never(), None)
+        job.task = bridge.loop.create_task(bridge._drive(job))
+        job.abandoned = True
+        bridge._cancel(job)
+        states.append(inspect.getcoroutinestate(job.coro))
+
+    bridge.loop.call_soon_threadsafe(on_the_loop)
+    deadline = time.monotonic() + 2
+    while not states and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    gevent.sleep(0.05)
+    gc.collect()
+    assert states == [inspect.CORO_CLOSED]
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

@@ -3,7 +3,8 @@
 A greenlet submits a coroutine with :meth:`AsyncBridge.run` and waits; the loop thread signals the bridge's one
 gevent ``async_`` watcher when the coroutine is done: the hub keeps running other users meanwhile, and nothing
 polls. Both directions are batched: coroutines submitted together cost the loop one wake-up, and coroutines that
-finish together cost the hub one. If the waiting greenlet is killed (the user stops), the coroutine is cancelled
+finish together cost the hub one. A job is handed back from inside its task as its coroutine ends, not by a done
+callback a turn of the loop later. If the waiting greenlet is killed (the user stops), the coroutine is cancelled
 on the loop.
 
 The traps this module handles (each one met and measured on this project's 2-core machines):
@@ -20,6 +21,8 @@ The traps this module handles (each one met and measured on this project's 2-cor
    through this one loop, so it is that loop.
 4. Initialising grpc.aio and then forking (``locust --processes``) aborts the child in gRPC's fork handlers.
    Nothing here runs at import; the bridge starts lazily in the process that uses it, after the fork.
+5. asyncio makes its sockets with the ``socket`` module, which monkey-patching made gevent's: the loop's are the
+   standard library's own (``_NativeResolvingLoop``).
 6. grpc.aio is reference-counted: ``init_grpc_aio`` and every channel take a reference, ``shutdown_grpc_aio``
    and every channel's deallocation give one back, and whichever gives back the last one shuts the completion
    queue down on its own thread: it removes the poller's reader from our loop and closes the poller's sockets.
@@ -38,6 +41,7 @@ import _socket  # the C socket type: gevent patches the 'socket' module, not thi
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import logging
 import os
 import time
@@ -206,20 +210,18 @@ async def _close_pymilvus_connections() -> None:
 
 
 class _Job:
-    """One coroutine handed to the loop, and the greenlet's way back."""
+    """One coroutine handed to the loop, its outcome, and the greenlet's way back."""
 
-    __slots__ = ("coro", "waiter", "task", "abandoned", "on_done", "error")
+    __slots__ = ("coro", "waiter", "task", "abandoned", "value", "error", "cancelled")
 
-    def __init__(self, coro, waiter, on_done: Callable[[_Job], None]) -> None:
+    def __init__(self, coro, waiter) -> None:
         self.coro = coro
         self.waiter = waiter
         self.task: asyncio.Task | None = None  # set on the loop thread
         self.abandoned = False  # set by the greenlet when it was killed while waiting
-        self.on_done = on_done
-        self.error: BaseException | None = None  # what made it impossible to start a task for it
-
-    def finish(self, _task) -> None:
-        self.on_done(self)
+        self.value: Any = None
+        self.error: BaseException | None = None  # what the coroutine raised, or what kept it from starting
+        self.cancelled = False
 
 
 class AsyncBridge:
@@ -293,7 +295,7 @@ class AsyncBridge:
         hub = gevent.get_hub()
         if hub is not self._hub:
             self._bind(hub)
-        job = _Job(coro, gevent.hub.Waiter(), self._finished)
+        job = _Job(coro, gevent.hub.Waiter())
         if not self._waiting:
             # A started, referenced watcher keeps the hub from exiting while a greenlet waits (LoopExit when the
             # waiting greenlet is the only one); unreferenced when nothing waits, so it never holds a hub up.
@@ -324,12 +326,11 @@ class AsyncBridge:
             self._waiting -= 1
             if not self._waiting:
                 self._watcher.ref = False
-        task = job.task
-        if task is None:
-            raise job.error
-        if task.cancelled():  # as concurrent.futures reports it (users.py takes it for a process shutting down)
+        if job.cancelled:  # as concurrent.futures reports it (users.py takes it for a process shutting down)
             raise concurrent.futures.CancelledError()
-        return task.result()
+        if job.error is not None:
+            raise job.error
+        return job.value
 
     def _bind(self, hub) -> None:
         """The hub's wake-up watcher, started once (libev drops a send() made to a stopped async watcher)."""
@@ -351,20 +352,43 @@ class AsyncBridge:
                     job.coro.close()
                 continue
             try:
-                job.task = create_task(job.coro)
-            except BaseException as exc:  # noqa: BLE001 - not a coroutine: raised in the waiting greenlet
+                job.task = create_task(self._drive(job))
+            except BaseException as exc:  # noqa: BLE001 - the loop refused it: raised in the waiting greenlet
                 job.error = exc
                 self._finished(job)
-                continue
-            job.task.add_done_callback(job.finish)
+
+    async def _drive(self, job: _Job) -> None:
+        """The job's task: run its coroutine, keep the outcome and hand the job back from within the task.
+
+        A done callback would hand it back one turn of the loop later (asyncio schedules done callbacks with
+        call_soon: one more pass through the selector before the hub is woken, on every hop).
+        """
+        try:
+            job.value = await job.coro
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._finished(job)
+            raise  # the task ends cancelled, as it was
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting greenlet
+            job.error = exc
+            self._finished(job)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the loop's to see too, as for any task
+        else:
+            self._finished(job)
 
     @staticmethod
     def _cancel(job: _Job) -> None:
+        """On the loop thread, for a job whose greenlet was killed: cancel its task (nobody waits for it now)."""
         if job.task is not None:
             job.task.cancel()
+            # A task cancelled before its first step never enters _drive, so its coroutine would never be
+            # awaited (and Python would warn so at collection): close it.
+            if asyncio.iscoroutine(job.coro) and inspect.getcoroutinestate(job.coro) == inspect.CORO_CREATED:
+                job.coro.close()
 
     def _finished(self, job: _Job) -> None:
-        """On the loop thread, as a task's done callback: hand the job back, waking the hub once per batch."""
+        """On the loop thread, from the job's task: hand the job back, waking the hub once per batch."""
         self._done.append(job)
         if not self._wake_pending:
             self._wake_pending = True
@@ -397,6 +421,10 @@ class AsyncBridge:
         closers, self._closers = self._closers, []
 
         async def _shutdown() -> None:
+            # A task cancelled before its first step never enters _drive, never hands its job back, and its
+            # greenlet would wait on. Every other job's task was made before this one (closing refuses new jobs),
+            # so its first step came first; one turn of the loop makes sure of it.
+            await asyncio.sleep(0)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
