@@ -89,6 +89,7 @@ def on_init(environment, runner=None) -> None:
 
     SciPyHelper.is_scipy_sparse(None)
     shutdown.install_sigint_handler()
+    shutdown.stop_csv_writer_with_its_files()
     options = run_options(environment)
     quiet_logs.install(options.loglevel)  # pymilvus, httpx and langchain-milvus repeat what failure events record
     # (./.env was read by plugin.install, before Locust parsed the options.)

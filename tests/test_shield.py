@@ -122,3 +122,36 @@ def test_ctrl_c_is_a_keyboard_interrupt_in_the_main_greenlet_only():
     assert proc.returncode == 0, proc.stderr
     assert "main greenlet interrupted" in proc.stdout and "users alive: 4" in proc.stdout
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+
+
+_CSV_WRITER_AFTER_CLOSE = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from locust.env import Environment
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
+from locust_milvus.runtime import shutdown
+
+if sys.argv[2] == "guarded":
+    shutdown.stop_csv_writer_with_its_files()
+writer = StatsCSVFileWriter(Environment(), PERCENTILES_TO_REPORT, sys.argv[1], full_history=False)
+failed = []
+greenlet = gevent.spawn(writer.stats_writer)
+greenlet.link_exception(lambda g: failed.append(repr(g.exception)))
+gevent.sleep(0.2)
+writer.close_files()  # as Locust's shutdown() does, then its atexit handlers yield to the hub (--processes)
+gevent.sleep(1.5)  # past the writer's next turn (every second)
+print("FAILED" if failed else "CLEAN", failed)
+"""
+
+
+@pytest.mark.parametrize("mode", ["guarded", "as Locust leaves it"])
+def test_the_csv_writer_stops_when_its_files_close(tmp_path, mode):
+    # Locust closes the --csv files at shutdown and leaves their writer greenlet running: anything that yields
+    # afterwards (the --processes master's wait for its workers) let it write into a closed file, a traceback after
+    # the report. The unguarded case shows the upstream behaviour the guard is for; once Locust stops the writer
+    # itself it reads CLEAN, and the guard (shutdown.stop_csv_writer_with_its_files) can go.
+    proc = subprocess.run([sys.executable, "-c", _CSV_WRITER_AFTER_CLOSE, str(tmp_path / "run"), mode], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=child_env(None))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = "CLEAN" if mode == "guarded" else "FAILED"
+    assert proc.stdout.split()[0] == expected, proc.stdout + proc.stderr[-2000:]

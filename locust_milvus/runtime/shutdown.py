@@ -102,3 +102,38 @@ def _expire() -> None:
         faulthandler.dump_traceback(all_threads=True)
     finally:
         os._exit(FORCED_EXIT_CODE)
+
+
+def stop_csv_writer_with_its_files() -> None:
+    """Stop Locust's --csv writer greenlet when its files are closed (call once per process, at init).
+
+    Locust's shutdown() closes the --csv files (https://github.com/locustio/locust/pull/3486) but leaves the
+    greenlet that rewrites them every second running. Whatever yields to the hub after that lets it write once more,
+    into a closed file: with --processes the master's atexit handler waits for its workers with os.waitpid and
+    time.sleep, both cooperative under gevent, and 2 in 20 such runs here (headless, --processes 2, --csv) ended with
+    ``ValueError: I/O operation on closed file`` and Locust's "Unhandled exception in greenlet" after the report.
+    The files already hold the run's final figures (Locust writes them before closing), so the writer is killed,
+    not given a last turn.
+    """
+    import functools
+
+    from locust.stats import StatsCSVFileWriter
+
+    if getattr(StatsCSVFileWriter.close_files, "_stops_writer", False):
+        return
+    write, close = StatsCSVFileWriter.stats_writer, StatsCSVFileWriter.close_files
+
+    @functools.wraps(write)
+    def stats_writer(self):
+        self._locust_milvus_writer = gevent.getcurrent()
+        return write(self)
+
+    @functools.wraps(close)
+    def close_files(self):
+        writer = getattr(self, "_locust_milvus_writer", None)
+        if writer is not None and writer is not gevent.getcurrent():
+            writer.kill(block=True, timeout=1.0)  # it waits in gevent.sleep: GreenletExit ends it there
+        return close(self)
+
+    close_files._stops_writer = True
+    StatsCSVFileWriter.stats_writer, StatsCSVFileWriter.close_files = stats_writer, close_files
