@@ -16,6 +16,7 @@ comes near it: it is the last line of defence, not the design (shield.py is the 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import signal
 import sys
@@ -115,8 +116,6 @@ def stop_csv_writer_with_its_files() -> None:
     The files already hold the run's final figures (Locust writes them before closing), so the writer is killed,
     not given a last turn.
     """
-    import functools
-
     from locust.stats import StatsCSVFileWriter
 
     if getattr(StatsCSVFileWriter.close_files, "_stops_writer", False):
