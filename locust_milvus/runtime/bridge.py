@@ -367,14 +367,12 @@ class AsyncBridge:
             job.value = await job.coro
         except asyncio.CancelledError:
             job.cancelled = True
-            self._finished(job)
             raise  # the task ends cancelled, as it was
         except BaseException as exc:  # noqa: BLE001 - raised in the waiting greenlet
             job.error = exc
-            self._finished(job)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the loop's to see too, as for any task
-        else:
+        finally:
             self._finished(job)
 
     @staticmethod
