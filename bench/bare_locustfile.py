@@ -1,21 +1,23 @@
 """The least a Locust user can do to time LangChain's search, for bench/search_throughput.py and bench/async_split.py.
 
-    LOCUST_BENCH_COLLECTION=bench [LOCUST_BENCH_MODE=async|sync] [LOCUST_BENCH_SHIELD=1] [LOCUST_BENCH_POOL=N] \
-        locust -f bench/bare_locustfile.py --host http://127.0.0.1:19530
+    LOCUST_BENCH_COLLECTION=bench [LOCUST_BENCH_MODE=async|sync] [LOCUST_BENCH_OP=search|add] \
+        [LOCUST_BENCH_SHIELD=1] [LOCUST_BENCH_POOL=N] locust -f bench/bare_locustfile.py --host http://127.0.0.1:19530
 
 One task, timed with perf_counter, one request event:
 
-- async: ``asimilarity_search`` (k=3, the offline embedding) handed to the async bridge;
-- sync: ``similarity_search`` called in the task itself, as contrib's users call pymilvus, with sync gRPC made
-  gevent-cooperative as locust-milvus makes it (runtime/grpc_gevent.py: every call waits on the hub).
+- async: ``asimilarity_search`` (k=3, the offline embedding), or ``aadd_documents`` of 10 tutorial-shaped
+  documents with ids (LOCUST_BENCH_OP=add), handed to the async bridge;
+- sync: ``similarity_search`` or ``add_documents`` called in the task itself, as contrib's users call pymilvus, with
+  sync gRPC made gevent-cooperative as locust-milvus makes it (runtime/grpc_gevent.py: every call waits on the hub).
 
 None of our users' machinery (operations table, pacing, ledger, recall, health, the report's listeners): against
 contrib's raw pymilvus it shows what LangChain (and, for sync calls, waiting on the hub) costs or saves, and against
 our users what our machinery costs.
 """
 
-from locust import User, events, task
+from locust import User, events
 
+import itertools
 import os
 import random
 import time
@@ -27,6 +29,7 @@ from locust_milvus.runtime.bridge import close_bridge, get_bridge
 from locust_milvus.runtime.grpc_gevent import make_grpc_cooperative
 from locust_milvus.runtime.monitor import monitor
 from locust_milvus.runtime.shield import call_shielded
+from locust_milvus.workload.data import make_document
 from locust_milvus.workload.embeddings import make_embedding
 
 ASYNC = os.environ.get("LOCUST_BENCH_MODE", "async") == "async"
@@ -34,6 +37,10 @@ ASYNC = os.environ.get("LOCUST_BENCH_MODE", "async") == "async"
 # the hub's pool to the calls in flight), or the pool set to a size.
 SHIELD = os.environ.get("LOCUST_BENCH_SHIELD") == "1"
 POOL = int(os.environ.get("LOCUST_BENCH_POOL", "0"))
+ADD = os.environ.get("LOCUST_BENCH_OP", "search") == "add"
+BATCH = 10
+_numbers = itertools.count()
+_rng = random.Random()
 _queries = [f"test document {i}" for i in range(50)]
 _store = None
 
@@ -48,7 +55,26 @@ async def _open_async(uri: str) -> Milvus:
 
 
 class BareUser(User):
-    @task
+    def add(self) -> None:
+        # As our add and contrib's: new documents with explicit ids, made before the timed call; LangChain embeds
+        # them inside it.
+        docs = [make_document(next(_numbers), _rng) for _ in range(BATCH)]
+        ids = [f"bare-{os.getpid()}-{d.metadata['id']}" for d in docs]
+        fire = self.environment.events.request.fire
+        start = time.perf_counter()
+        exception = None
+        try:
+            if ASYNC:
+                result = get_bridge().run(_store.aadd_documents(docs, ids=ids))
+            else:
+                result = _store.add_documents(docs, ids=ids)
+            if len(result) != BATCH:
+                exception = AssertionError(f"{len(result)} ids")
+        except Exception as exc:  # noqa: BLE001 - fired as the failure
+            exception = exc
+        fire(request_type="langchain-async" if ASYNC else "langchain", name="add",
+             response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+
     def search(self) -> None:
         fire = self.environment.events.request.fire
         start = time.perf_counter()
@@ -66,6 +92,8 @@ class BareUser(User):
             exception = exc
         fire(request_type="langchain-async" if ASYNC else "langchain", name="search",
              response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+
+    tasks = [add] if ADD else [search]
 
 
 @events.init.add_listener

@@ -9,7 +9,8 @@ One embedded Milvus, 1,000 tutorial-shaped documents (128-dim, k=3), the clients
 - search: SyncMilvusUser and AsyncMilvusUser (search only), Locust's own locust.contrib.milvus.MilvusUser searching
   by a pre-computed vector, the bare Locust users of bench/bare_locustfile.py (LangChain's search, sync and async,
   and nothing of ours), and a plain asyncio.gather script of LangChain's asimilarity_search (the tutorials');
-- add: our add (add_documents of 10 documents) against contrib's insert of 10 documents embedded in its task;
+- add: our add (add_documents of 10 documents) against contrib's insert of 10 documents embedded in its task, and
+  the bare Locust users' add_documents / aadd_documents of 10 documents;
 - delete: adds and deletes 1:1 (a delete of 10 ids this process wrote), against contrib's insert and delete.
 
 ``--processes 1,2`` also runs our users with Locust's ``--processes 2`` (the scale-out rows). Client CPU is the load
@@ -97,8 +98,9 @@ def contrib(mix: str, uri: str, users: int, seconds: int) -> dict:
     return locust(ROOT / "bench" / "contrib_milvus_locustfile.py", uri, users, seconds, env=env)
 
 
-def bare(mode: str, uri: str, users: int, seconds: int) -> dict:
-    env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128", "LOCUST_BENCH_MODE": mode}
+def bare(mode: str, op: str, uri: str, users: int, seconds: int) -> dict:
+    env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128", "LOCUST_BENCH_MODE": mode,
+           "LOCUST_BENCH_OP": op}
     return locust(ROOT / "bench" / "bare_locustfile.py", uri, users, seconds, env=env)
 
 
@@ -143,9 +145,10 @@ def clients(mix: str, processes: list[int]) -> list[tuple[str, Callable[[str, in
             name = cls if n == 1 else f"{cls}, --processes {n}"
             out.append((name, lambda uri, users, seconds, cls=cls, n=n: ours(cls, mix, uri, users, seconds, n)))
     out.append((CONTRIB, lambda uri, users, seconds: contrib(mix, uri, users, seconds)))
+    if mix in ("search", "add"):
+        out.append((BARE_SYNC, lambda uri, users, seconds: bare("sync", mix, uri, users, seconds)))
+        out.append((BARE_ASYNC, lambda uri, users, seconds: bare("async", mix, uri, users, seconds)))
     if mix == "search":
-        out.append((BARE_SYNC, lambda uri, users, seconds: bare("sync", uri, users, seconds)))
-        out.append((BARE_ASYNC, lambda uri, users, seconds: bare("async", uri, users, seconds)))
         out.append((GATHER, gather))
     return out
 
@@ -210,11 +213,13 @@ def main() -> int:
         ratio = median(ratios("search", "AsyncMilvusUser", GATHER, "cpu_us"))
         lines.append(f"- search, AsyncMilvusUser: CPU per search {ratio:.2f}x the asyncio.gather script's "
                      f"({verdict(ratio <= CPU_VS_GATHER)}: <= {CPU_VS_GATHER}x)")
-    for name, bare_name in (("SyncMilvusUser", BARE_SYNC), ("AsyncMilvusUser", BARE_ASYNC)):
-        if ("search", bare_name) in results and ("search", name) in results:
-            lines.append(f"- search, {name}: CPU per search {median(ratios('search', name, bare_name, 'cpu_us')):.2f}x "
-                         f"the bare Locust user's (what our users add to the least Locust user making the same "
-                         f"LangChain call; not a target of the issue)")
+    for mix, name, bare_name in [(m, n, b) for m in ("search", "add")
+                                 for n, b in (("SyncMilvusUser", BARE_SYNC), ("AsyncMilvusUser", BARE_ASYNC))]:
+        if (mix, bare_name) in results and (mix, name) in results:
+            lines.append(f"- {mix}, {name}: CPU per op {median(ratios(mix, name, bare_name, 'cpu_us')):.2f}x, "
+                         f"throughput {median(ratios(mix, name, bare_name, 'rps')):.2f}x the bare Locust user's "
+                         f"(what our users add to the least Locust user making the same LangChain call; not a target "
+                         f"of the issue)")
     for key, label in (("bridge_1", "1 in flight"),
                        ("bridge_20", "20 in flight finishing together (each waits for the batch-mates woken first)"),
                        ("bridge_20_spread", "20 in flight finishing one by one, as RPCs do (2 ms spread)")):
