@@ -60,38 +60,34 @@ class BareUser(User):
         # them inside it.
         docs = [make_document(next(_numbers), _rng) for _ in range(BATCH)]
         ids = [f"bare-{os.getpid()}-{d.metadata['id']}" for d in docs]
-        fire = self.environment.events.request.fire
-        start = time.perf_counter()
-        exception = None
-        try:
-            if ASYNC:
-                result = get_bridge().run(_store.aadd_documents(docs, ids=ids))
-            else:
-                result = _store.add_documents(docs, ids=ids)
-            if len(result) != BATCH:
-                exception = AssertionError(f"{len(result)} ids")
-        except Exception as exc:  # noqa: BLE001 - fired as the failure
-            exception = exc
-        fire(request_type="langchain-async" if ASYNC else "langchain", name="add",
-             response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+        if ASYNC:
+            self._timed("add", BATCH, lambda: get_bridge().run(_store.aadd_documents(docs, ids=ids)))
+        else:
+            self._timed("add", BATCH, lambda: _store.add_documents(docs, ids=ids))
 
     def search(self) -> None:
-        fire = self.environment.events.request.fire
+        query = random.choice(_queries)
+        if ASYNC:
+            self._timed("search", 3, lambda: get_bridge().run(_store.asimilarity_search(query, k=3)))
+        elif SHIELD:
+            self._timed("search", 3, lambda: call_shielded(_store.similarity_search, query, k=3))
+        else:
+            self._timed("search", 3, lambda: _store.similarity_search(query, k=3))
+
+    def _timed(self, name: str, expected: int, call) -> None:
+        """One request event for ``call()``: its perf_counter time, failed when it raises or returns other than
+        ``expected`` items."""
         start = time.perf_counter()
         exception = None
         try:
-            if ASYNC:
-                docs = get_bridge().run(_store.asimilarity_search(random.choice(_queries), k=3))
-            elif SHIELD:
-                docs = call_shielded(_store.similarity_search, random.choice(_queries), k=3)
-            else:
-                docs = _store.similarity_search(random.choice(_queries), k=3)
-            if len(docs) != 3:
-                exception = AssertionError(f"{len(docs)} documents")
+            got = len(call())
+            if got != expected:
+                exception = AssertionError(f"{got} items returned, {expected} expected")
         except Exception as exc:  # noqa: BLE001 - fired as the failure
             exception = exc
-        fire(request_type="langchain-async" if ASYNC else "langchain", name="search",
-             response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+        self.environment.events.request.fire(
+            request_type="langchain-async" if ASYNC else "langchain", name=name,
+            response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
 
     tasks = [add] if ADD else [search]
 

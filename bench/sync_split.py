@@ -1,6 +1,6 @@
 """Benchmark: where the sync user's CPU gap to raw pymilvus goes, one layer added at a time, in one process.
 
-    python -m gevent.monkey bench/sync_split.py [--seconds 8] [--users 20]
+    python -m gevent.monkey bench/sync_split.py [--seconds 8] [--users 20] [--op search|add]
 
 Starts an embedded Milvus, writes 1,000 tutorial-shaped documents (128-dim), makes sync gRPC gevent-cooperative,
 then runs 20 greenlets searching (k=3) for --seconds in each of these set-ups, in turn:
@@ -13,12 +13,24 @@ then runs 20 greenlets searching (k=3) for --seconds in each of these set-ups, i
 5. raw pymilvus with every call waiting on the hub (grpc_gevent.install_hub_waits: the sync user's way);
 6. LangChain's ``similarity_search`` waiting on the hub: the sync user's call without Locust.
 
-Prints searches/s and process CPU per search (all threads) for each. A benchmark, not a test: it asserts nothing.
+With ``--op add``, adds of 10 new documents (the offline embedding inside the call, as LangChain embeds inside
+``add_documents``), each set-up 20 greenlets for --seconds in turn:
+
+1. raw pymilvus ``MilvusClient.insert`` with gevent's pool of 10 (contrib's way);
+2. the same with every call waiting on the hub;
+3. raw pymilvus ``has_collection`` then ``insert``, waiting on the hub: LangChain's two RPCs per add without
+   LangChain's Python (langchain_milvus's ``add_texts`` asks whether the collection exists before every insert);
+4. LangChain's ``add_documents`` waiting on the hub: the sync user's call without Locust;
+5. row 2 again (this machine's figures move between runs; the hub waits cannot be taken out again).
+
+Prints operations/s and process CPU per operation (all threads) for each. A benchmark, not a test: it asserts
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import time
@@ -36,14 +48,14 @@ from locust_milvus.workload.data import make_document  # noqa: E402
 from locust_milvus.workload.embeddings import make_embedding  # noqa: E402
 
 
-def run(label: str, search, users: int, seconds: float) -> None:
+def run(label: str, op, users: int, seconds: float) -> None:
     count = 0
     stop_at = time.perf_counter() + seconds
 
     def user() -> None:
         nonlocal count
         while time.perf_counter() < stop_at:
-            search()
+            op()
             count += 1
 
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -56,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--op", choices=("search", "add"), default="search")
     args = parser.parse_args()
     from grpc.experimental import gevent as grpc_gevent
 
@@ -88,7 +101,10 @@ def main() -> None:
             shield.call_shielded(store.similarity_search, random.choice(queries), k=3, timeout=10)
 
         pool = gevent.get_hub().threadpool
-        print("| set-up | searches/s | CPU per search (µs) |\n|---|---:|---:|")
+        print("| set-up | ops/s | CPU per op (µs) |\n|---|---:|---:|")
+        if args.op == "add":
+            add_rows(client, store, embedding, args.users, args.seconds)
+            return
         pool.maxsize = 10
         run("raw pymilvus, pool of 10", raw, args.users, args.seconds)
         pool.maxsize = args.users + shield.SPARE_THREADS
@@ -102,6 +118,35 @@ def main() -> None:
         run("LangChain similarity_search, waits on the hub (the sync user's call)", langchain, args.users,
             args.seconds)
 
+
+def add_rows(client, store, embedding, users: int, seconds: float) -> None:
+    """The --op add rows: adds of 10 new documents with explicit ids, one layer added at a time."""
+    numbers, rng = itertools.count(1000), random.Random(1)
+
+    def batch():
+        docs = [make_document(next(numbers), rng) for _ in range(10)]
+        return docs, [f"d-{d.metadata['id']}" for d in docs]
+
+    def raw_insert() -> None:
+        docs, ids = batch()
+        vectors = embedding.embed_documents([d.page_content for d in docs])
+        client.insert("split", [{"pk": i, "text": d.page_content, "vector": v, **d.metadata}
+                                for i, d, v in zip(ids, docs, vectors, strict=True)], timeout=10)
+
+    def raw_two_rpcs() -> None:
+        client.has_collection("split", timeout=10)
+        raw_insert()
+
+    def langchain() -> None:
+        docs, ids = batch()
+        store.add_documents(docs, ids=ids, timeout=10)
+
+    run("raw pymilvus insert, pool of 10 (contrib's way)", raw_insert, users, seconds)
+    install_hub_waits()
+    run("raw pymilvus insert, waits on the hub", raw_insert, users, seconds)
+    run("raw pymilvus has_collection + insert, waits on the hub (LangChain's RPCs)", raw_two_rpcs, users, seconds)
+    run("LangChain add_documents, waits on the hub (the sync user's call)", langchain, users, seconds)
+    run("raw pymilvus insert, waits on the hub (again)", raw_insert, users, seconds)
 
 if __name__ == "__main__":
     main()

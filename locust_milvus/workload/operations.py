@@ -149,7 +149,8 @@ class Operation:
     pool: str = ""  # "query": needs the pre-embedded query pool; "corpus": uses the corpus pool when there is one
     # The one Milvus call it makes, as Milvus's proxy labels it (the report sets Milvus's own figures beside ours),
     # or None when it makes several (MMR: a search and a query) or writes elsewhere (from_texts' scratch collection).
-    # LangChain's adds also ask has_collection, which is not of note.
+    # LangChain's adds also ask has_collection before every insert: a second round trip that the proxy's insert
+    # figures do not hold (report/findings.py says so beside them).
     milvus_call: str | None = None
     # What it is called on (RunState.target): "dense", the run's store (the dense field); "retriever", its
     # ``as_retriever(...)`` (a LangChain VectorStoreRetriever); "hybrid" or "full_text", a --bm25 store (bm25.py).
