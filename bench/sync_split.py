@@ -11,7 +11,9 @@ then runs 20 greenlets searching (k=3) for --seconds in each of these set-ups, i
 3. the same, each call in a greenlet of its own (``call_shielded``: the fallback path of the sync user);
 4. LangChain's ``similarity_search`` (text, the offline embedding) through ``call_shielded``, the pool grown;
 5. raw pymilvus with every call waiting on the hub (grpc_gevent.install_hub_waits: the sync user's way);
-6. LangChain's ``similarity_search`` waiting on the hub: the sync user's call without Locust.
+6. the same, asking for the fields LangChain's search asks for (the text and every metadata field; rows 1 to 5
+   ask for the text alone, as the contrib user of bench/contrib_milvus_locustfile.py does);
+7. LangChain's ``similarity_search`` waiting on the hub: the sync user's call without Locust.
 
 With ``--op add``, adds of 10 new documents (the offline embedding inside the call, as LangChain embeds inside
 ``add_documents``), each set-up 20 greenlets for --seconds in turn:
@@ -91,6 +93,12 @@ def main() -> None:
             client.search("split", data=[random.choice(vectors)], anns_field="vector", limit=3, output_fields=["text"],
                           timeout=10)
 
+        fields = store._get_output_fields()  # what LangChain's search asks for: the text and every metadata field
+
+        def raw_fields() -> None:
+            client.search("split", data=[random.choice(vectors)], anns_field="vector", limit=3, output_fields=fields,
+                          timeout=10)
+
         def shielded_raw() -> None:
             shield.call_shielded(raw)
 
@@ -115,6 +123,8 @@ def main() -> None:
         run("raw pymilvus, pool of 10 (again)", raw, args.users, args.seconds)
         install_hub_waits()
         run("raw pymilvus, waits on the hub, pool of 10", raw, args.users, args.seconds)
+        run("raw pymilvus, waits on the hub, the output fields LangChain asks for", raw_fields, args.users,
+            args.seconds)
         run("LangChain similarity_search, waits on the hub (the sync user's call)", langchain, args.users,
             args.seconds)
 
