@@ -1,4 +1,4 @@
-"""The least a Locust user can do to time LangChain's search, for bench/search_throughput.py and bench/async_split.py.
+"""The least a Locust user can do to time LangChain's search or add (bench/search_throughput.py, bench/async_split.py).
 
     LOCUST_BENCH_COLLECTION=bench [LOCUST_BENCH_MODE=async|sync] [LOCUST_BENCH_OP=search|add] \
         [LOCUST_BENCH_SHIELD=1] [LOCUST_BENCH_POOL=N] locust -f bench/bare_locustfile.py --host http://127.0.0.1:19530
@@ -32,12 +32,16 @@ from locust_milvus.runtime.shield import call_shielded
 from locust_milvus.workload.data import make_document
 from locust_milvus.workload.embeddings import make_embedding
 
-ASYNC = os.environ.get("LOCUST_BENCH_MODE", "async") == "async"
+MODE = os.environ.get("LOCUST_BENCH_MODE", "async")
+OP = os.environ.get("LOCUST_BENCH_OP", "search")
+if MODE not in ("async", "sync") or OP not in ("search", "add"):
+    raise SystemExit(f"bench/bare_locustfile.py: LOCUST_BENCH_MODE={MODE!r} LOCUST_BENCH_OP={OP!r}: the mode is "
+                     "async or sync, the operation search or add")
+ASYNC = MODE == "async"
 # Sync only, to take our sync path apart: each call in a greenlet of its own (runtime/shield.py, which also grows
 # the hub's pool to the calls in flight), or the pool set to a size.
 SHIELD = os.environ.get("LOCUST_BENCH_SHIELD") == "1"
 POOL = int(os.environ.get("LOCUST_BENCH_POOL", "0"))
-ADD = os.environ.get("LOCUST_BENCH_OP", "search") == "add"
 BATCH = 10
 _numbers = itertools.count()
 _rng = random.Random()
@@ -54,42 +58,58 @@ async def _open_async(uri: str) -> Milvus:
     return _open(uri)  # on the bridge's loop: pymilvus binds the async client to it
 
 
+# The timed calls, one per mode, chosen once below: nothing is decided per request.
+def _search_async(query: str) -> list:
+    return get_bridge().run(_store.asimilarity_search(query, k=3))
+
+
+def _search_shielded(query: str) -> list:
+    return call_shielded(_store.similarity_search, query, k=3)
+
+
+def _search_sync(query: str) -> list:
+    return _store.similarity_search(query, k=3)
+
+
+def _add_async(docs: list, ids: list) -> list:
+    return get_bridge().run(_store.aadd_documents(docs, ids=ids))
+
+
+def _add_sync(docs: list, ids: list) -> list:
+    return _store.add_documents(docs, ids=ids)
+
+
+_search = _search_async if ASYNC else _search_shielded if SHIELD else _search_sync
+_add = _add_async if ASYNC else _add_sync
+_REQUEST_TYPE = "langchain-async" if ASYNC else "langchain"
+
+
 class BareUser(User):
     def add(self) -> None:
         # As our add and contrib's: new documents with explicit ids, made before the timed call; LangChain embeds
         # them inside it.
         docs = [make_document(next(_numbers), _rng) for _ in range(BATCH)]
-        ids = [f"bare-{os.getpid()}-{d.metadata['id']}" for d in docs]
-        if ASYNC:
-            self._timed("add", BATCH, lambda: get_bridge().run(_store.aadd_documents(docs, ids=ids)))
-        else:
-            self._timed("add", BATCH, lambda: _store.add_documents(docs, ids=ids))
+        self._timed("add", BATCH, _add, docs, [f"bare-{os.getpid()}-{d.metadata['id']}" for d in docs])
 
     def search(self) -> None:
-        query = random.choice(_queries)
-        if ASYNC:
-            self._timed("search", 3, lambda: get_bridge().run(_store.asimilarity_search(query, k=3)))
-        elif SHIELD:
-            self._timed("search", 3, lambda: call_shielded(_store.similarity_search, query, k=3))
-        else:
-            self._timed("search", 3, lambda: _store.similarity_search(query, k=3))
+        self._timed("search", 3, _search, random.choice(_queries))
 
-    def _timed(self, name: str, expected: int, call) -> None:
-        """One request event for ``call()``: its perf_counter time, failed when it raises or returns other than
-        ``expected`` items."""
+    def _timed(self, name: str, expected: int, call, *args) -> None:
+        """One request event for ``call(*args)``: its perf_counter time, failed when it raises or returns other
+        than ``expected`` items."""
         start = time.perf_counter()
         exception = None
         try:
-            got = len(call())
+            got = len(call(*args))
             if got != expected:
                 exception = AssertionError(f"{got} items returned, {expected} expected")
         except Exception as exc:  # noqa: BLE001 - fired as the failure
             exception = exc
         self.environment.events.request.fire(
-            request_type="langchain-async" if ASYNC else "langchain", name=name,
-            response_time=(time.perf_counter() - start) * 1000, response_length=0, exception=exception, context={})
+            request_type=_REQUEST_TYPE, name=name, response_time=(time.perf_counter() - start) * 1000,
+            response_length=0, exception=exception, context={})
 
-    tasks = [add] if ADD else [search]
+    tasks = [add] if OP == "add" else [search]
 
 
 @events.init.add_listener

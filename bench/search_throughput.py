@@ -93,6 +93,11 @@ def ours(user_class: str, mix: str, uri: str, users: int, seconds: int, processe
                   "--reports-dir", REPORTS, *extra)
 
 
+def fresh_collection(uri: str, users: int, seconds: int) -> None:
+    """Drop and re-create the collection with 1,000 documents, by a short unrecorded run of ours (searching)."""
+    ours("AsyncMilvusUser", "search", uri, users, seconds, 1, fresh=True)
+
+
 def contrib(mix: str, uri: str, users: int, seconds: int) -> dict:
     env = {**os.environ, "LOCUST_BENCH_COLLECTION": COLLECTION, "LOCUST_BENCH_DIM": "128", "LOCUST_BENCH_MIX": mix}
     return locust(ROOT / "bench" / "contrib_milvus_locustfile.py", uri, users, seconds, env=env)
@@ -175,14 +180,14 @@ def main() -> int:
                     # Every search client of the round reads one collection of 1,000 documents, made (and indexed)
                     # by this short unrecorded run. Before, our users each re-created it just before searching
                     # while contrib's searched it settled: their CPU per search came out 0.1-0.2x higher for that.
-                    ours("AsyncMilvusUser", mix, server.uri, args.users, 3, 1, fresh=True)
+                    fresh_collection(server.uri, args.users, 3)
                 for name, run in clients(mix, counts):
                     if mix != "search" and name in (CONTRIB, BARE_SYNC, BARE_ASYNC):
                         # Our users' write runs start from a fresh collection of 1,000 documents (--drop-collection
                         # --prepopulate); these clients make none, so a short unrecorded run makes it for them.
                         # Without it each wrote into what every client before it had left (tens of thousands of
                         # documents more per client, the server flushing and compacting them beside the run).
-                        ours("AsyncMilvusUser", "search", server.uri, args.users, 2, 1, fresh=True)
+                        fresh_collection(server.uri, args.users, 2)
                     results.setdefault((mix, name), []).append(run(server.uri, args.users, args.seconds))
     probed = probe()
     command = (f"python bench/search_throughput.py --seconds {args.seconds} --users {args.users} --mix {args.mix} "
@@ -219,9 +224,10 @@ def main() -> int:
         ratio = median(ratios("search", "AsyncMilvusUser", GATHER, "cpu_us"))
         lines.append(f"- search, AsyncMilvusUser: CPU per search {ratio:.2f}x the asyncio.gather script's "
                      f"({verdict(ratio <= CPU_VS_GATHER)}: <= {CPU_VS_GATHER}x)")
-    for mix, name, bare_name in [(m, n, b) for m in ("search", "add")
-                                 for n, b in (("SyncMilvusUser", BARE_SYNC), ("AsyncMilvusUser", BARE_ASYNC))]:
-        if (mix, bare_name) in results and (mix, name) in results:
+    for mix in ("search", "add"):
+        for name, bare_name in (("SyncMilvusUser", BARE_SYNC), ("AsyncMilvusUser", BARE_ASYNC)):
+            if (mix, bare_name) not in results or (mix, name) not in results:
+                continue
             lines.append(f"- {mix}, {name}: CPU per op {median(ratios(mix, name, bare_name, 'cpu_us')):.2f}x, "
                          f"throughput {median(ratios(mix, name, bare_name, 'rps')):.2f}x the bare Locust user's "
                          f"(what our users add to the least Locust user making the same LangChain call; not a target "

@@ -174,13 +174,13 @@ def _client_server_gap(summary: dict) -> list[dict]:
             continue
         share = gap["mean_ms"] / client["mean_ms"]
         if share >= 0.5 and client["count"] >= 20:
+            known = UNMATCHED_ROUND_TRIPS.get(op["name"])
             out.append(_finding(
                 "client_server_gap", "info",
                 f"{op['name']}: of the client's mean {client['mean_ms']:.3g} ms, Milvus's proxy accounts for "
                 f"{server['mean_ms']:.3g} ms; {share:.0%} is spent outside Milvus (network, gRPC, pymilvus, "
                 "LangChain and the load generator's own waits). A faster Milvus would not shorten that part"
-                + (f", except that {UNMATCHED_ROUND_TRIPS[op['name']]}." if op["name"] in UNMATCHED_ROUND_TRIPS
-                   else "."),
+                + (f", except that {known}." if known else "."),
                 operation=op["name"], client_mean_ms=client["mean_ms"], server_mean_ms=server["mean_ms"],
                 gap_mean_ms=gap["mean_ms"], gap_share=round(share, 3)))
     return out
